@@ -1,0 +1,1 @@
+"""Loom components: pure Python/torch building blocks. No Prefect, MLflow or DVC imports."""

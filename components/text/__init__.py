@@ -1,0 +1,1 @@
+"""Text pipeline components: corpus, byte-level BPE, tokenization."""

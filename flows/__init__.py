@@ -1,0 +1,1 @@
+"""Loom orchestration: the stage runner, MLflow tracking and the Prefect flow over dvc.yaml."""

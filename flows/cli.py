@@ -1,0 +1,156 @@
+"""The `loom` command: stage | run | check | runs | compare | ui."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from flows import stage_runner
+
+    return stage_runner.main(args.name)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows import pipeline, project, tracking
+
+    root = project.find_root()
+    flow = pipeline.pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs))
+    try:
+        reports = flow(
+            targets=args.stages, overrides=args.set_param, force=args.force, root=str(root)
+        )
+    except Exception as err:  # the flow already logged details; end with the reason
+        print(f"loom run: error: {err}", file=sys.stderr)
+        return 1
+    ran = sum(r["status"] == "ran" for r in reports)
+    print(f"\n{ran} stage(s) ran, {len(reports) - ran} skipped.")
+    print(f"Open the MLflow UI: {ui_command(root, tracking.tracking_uri(root))}")
+    return 0
+
+
+def ui_command(root: Path, uri: str) -> str:
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"open {uri}"
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from flows import check, project
+
+    found = check.problems(project.find_root())
+    for line in found:
+        print(f"loom check: {line}", file=sys.stderr)
+    if not found:
+        print("loom check: dvc.yaml, params.yaml and component imports agree")
+    return 1 if found else 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from flows import compare, project
+
+    print(compare.format_runs(compare.recent_runs(project.find_root(), args.last, args.stage)))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from flows import compare, project
+
+    root = project.find_root()
+    if args.run_ids:
+        runs = compare.get_runs(root, args.run_ids)
+    else:
+        runs = compare.recent_runs(root, args.last or 2, args.stage)
+    if len(runs) < 2:
+        print(
+            "loom compare: error: need at least two runs (give RUN_IDs or --last N)",
+            file=sys.stderr,
+        )
+        return 1
+    print(compare.format_compare(runs))
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from flows import project, tracking
+
+    root = project.find_root()
+    print(ui_command(root, tracking.tracking_uri(root)))
+    print("prefect server start --host 127.0.0.1  # then open http://127.0.0.1:4200")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loom", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stage", help="run one dvc.yaml stage (what each stage's cmd calls)")
+    s.add_argument("name", help="stage name as in dvc.yaml, e.g. bpe@small")
+    s.set_defaults(func=_cmd_stage)
+
+    r = sub.add_parser("run", help="run the pipeline as a Prefect flow over the dvc.yaml DAG")
+    r.add_argument("stages", nargs="*", help="stages or stage groups to run (with their upstream)")
+    r.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a params.yaml value before running (like `dvc exp run -S`)",
+    )
+    r.add_argument("--force", action="store_true", help="re-run selected stages even if unchanged")
+    r.add_argument("--jobs", "-j", type=int, default=1, help="stages to run concurrently")
+    r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser(
+        "check", help="verify dvc.yaml deps cover every module each component imports"
+    )
+    c.set_defaults(func=_cmd_check)
+
+    rs = sub.add_parser("runs", help="list recent stage runs from MLflow")
+    rs.add_argument("--last", type=int, default=20)
+    rs.add_argument("--stage")
+    rs.set_defaults(func=_cmd_runs)
+
+    cp = sub.add_parser("compare", help="side-by-side params, metrics and data versions of runs")
+    cp.add_argument("run_ids", nargs="*")
+    cp.add_argument("--last", type=int)
+    cp.add_argument("--stage")
+    cp.set_defaults(func=_cmd_compare)
+
+    u = sub.add_parser("ui", help="print the commands that open the MLflow and Prefect UIs")
+    u.set_defaults(func=_cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "jobs", 1) < 1:
+        print("loom run: error: --jobs must be >= 1", file=sys.stderr)
+        return 2
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    from flows.params import ParamsError
+    from flows.project import ProjectError, find_root
+
+    try:
+        # Import components from the project being run (a checkout, a worktree, a temp copy),
+        # not from wherever Loom happens to be installed.
+        root = find_root()
+        if (root / "components").is_dir():
+            sys.path.insert(0, str(root))
+    except ProjectError:
+        pass
+    try:
+        return args.func(args)
+    except (ParamsError, ProjectError) as err:
+        print(f"loom {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

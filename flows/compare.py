@@ -1,0 +1,107 @@
+"""`loom runs` and `loom compare`: MLflow stage runs as plain tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flows import tracking
+
+LINEAGE_TAGS = (
+    "loom.git.commit",
+    "loom.git.dirty",
+    "loom.component_version",
+    "prefect.flow_run_id",
+)
+
+
+def _client(root: Path) -> Any:
+    import mlflow
+
+    tracking.setup(root)
+    return mlflow.MlflowClient()
+
+
+def recent_runs(root: Path, last: int = 20, stage: str | None = None) -> list[Any]:
+    """Most recent stage runs (pipeline parent runs excluded), newest first."""
+    client = _client(root)
+    exp = client.get_experiment_by_name(
+        tracking.os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
+    )
+    if exp is None:
+        return []
+    query = "tags.`loom.stage` != ''"
+    if stage:
+        query = (
+            f"tags.`loom.stage` = '{stage}'"
+            if "@" in stage
+            else f"tags.`loom.stage` LIKE '{stage}%'"
+        )
+    return client.search_runs(
+        [exp.experiment_id], query, max_results=last, order_by=["attributes.start_time DESC"]
+    )
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_runs(runs: list[Any]) -> str:
+    if not runs:
+        return "no stage runs recorded yet"
+    rows = [["run id", "started", "stage", "status", "commit", "key metrics"]]
+    for run in runs:
+        metrics = {k: v for k, v in run.data.metrics.items() if k != "stage_seconds"}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())[:3])
+        started = datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            [
+                run.info.run_id,
+                started,
+                run.data.tags.get("loom.stage", "?"),
+                run.info.status,
+                run.data.tags.get("loom.git.commit", "")[:10],
+                shown,
+            ]
+        )
+    return _table(rows)
+
+
+def compare_rows(runs: list[Any]) -> list[tuple[str, list[str], bool]]:
+    """(label, value per run, differs) for params, metrics, data versions and lineage tags."""
+    out: list[tuple[str, list[str], bool]] = []
+
+    def section(prefix: str, getter: Any, keys: set[str]) -> None:
+        for key in sorted(keys):
+            values = [getter(run).get(key) for run in runs]
+            shown = [
+                "-" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+                for v in values
+            ]
+            out.append((f"{prefix}{key}", shown, len(set(shown)) > 1))
+
+    section("param ", lambda r: r.data.params, {k for r in runs for k in r.data.params})
+    section("metric ", lambda r: r.data.metrics, {k for r in runs for k in r.data.metrics})
+    data_tags = {k for r in runs for k in r.data.tags if k.startswith("dvc.")}
+    section("data ", lambda r: r.data.tags, data_tags)
+    section("", lambda r: r.data.tags, {"loom.stage", *LINEAGE_TAGS})
+    return out
+
+
+def format_compare(runs: list[Any]) -> str:
+    if not runs:
+        return "no runs to compare"
+    header = ["", "key", *[r.info.run_id[:12] for r in runs]]
+    rows = [header] + [
+        ["*" if differs else "", label, *values] for label, values, differs in compare_rows(runs)
+    ]
+    return _table(rows) + "\n(* = differs between runs)"
+
+
+def get_runs(root: Path, run_ids: list[str]) -> list[Any]:
+    client = _client(root)
+    return [client.get_run(run_id) for run_id in run_ids]

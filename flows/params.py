@@ -1,0 +1,97 @@
+"""params.yaml: load with clear errors, look up dotted sections, apply `-S key=value` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+# Orchestration settings (retries, ...) live in this section; no stage declares it in its
+# `params`, so changing them never invalidates a stage.
+LOOM_SECTION = "loom"
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable, malformed, or lacks a key."""
+
+
+def load(root: Path) -> dict[str, Any]:
+    """Parse `root/params.yaml`; YAML errors name the file, line and column."""
+    path = Path(root) / PARAMS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{path}: file not found (every Loom project needs a params.yaml)"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ParamsError(f"{path}:{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(
+            f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+def section(params: dict[str, Any], key: str) -> Any:
+    """The value at dotted `key` (e.g. "bpe.small")."""
+    node: Any = params
+    walked: list[str] = []
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            have = sorted(node) if isinstance(node, dict) else []
+            where = ".".join(walked) or "the top level"
+            raise ParamsError(
+                f"{PARAMS_FILE}: no key {key!r} (no {part!r} under {where}; have {have})"
+            )
+        node = node[part]
+        walked.append(part)
+    return node
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"bpe.small.vocab_size=500"` -> ("bpe.small.vocab_size", 500); values parse as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r}: expected KEY=VALUE, e.g. bpe.small.vocab_size=500")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ParamsError(f"override {text!r}: value is not valid YAML: {err}") from None
+    return key.strip(), value
+
+
+def apply_overrides(root: Path, overrides: list[str]) -> list[tuple[str, Any]]:
+    """Write `KEY=VALUE` overrides into params.yaml, as `dvc exp run -S` does.
+
+    The file stays the single source of truth (so `dvc status`/`dvc repro` agree with what ran);
+    comments and layout are preserved. Only existing keys may be set: a typo must not silently
+    add a new key that no stage reads.
+    """
+    from dvc.utils.serialize import modify_yaml
+
+    parsed = [parse_override(o) for o in overrides]
+    current = load(root)
+    for key, _ in parsed:
+        parent, _, leaf = key.rpartition(".")
+        node = section(current, parent) if parent else current
+        if not isinstance(node, dict) or leaf not in node:
+            raise ParamsError(f"override {key!r}: no such key in {PARAMS_FILE}")
+    if parsed:
+        with modify_yaml(Path(root) / PARAMS_FILE) as data:
+            for key, value in parsed:
+                *parents, leaf = key.split(".")
+                node = data
+                for part in parents:
+                    node = node[part]
+                node[leaf] = value
+    return parsed

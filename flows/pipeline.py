@@ -1,0 +1,260 @@
+"""The Prefect flow over the DVC DAG: one task per dvc.yaml stage, nothing hand-written.
+
+Each task asks DVC whether its stage changed (after its upstream tasks finished), runs the
+stage's own `cmd` in a subprocess outside any lock, then records the result in dvc.lock under
+one lock, one stage at a time. So independent stages run concurrently (`--jobs N`) without
+DVC's "Unable to acquire lock", and dvc.lock ends up exactly as `dvc repro` would write it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.states import Completed
+
+from components.config import build, require
+from flows import params, project, stage_runner, tracking
+
+
+@dataclass
+class Orchestration:
+    """The `loom` section of params.yaml (read by the flow only; no stage depends on it).
+
+    retries: attempts after a failure, for every stage; stage_retries overrides it per stage
+    or per foreach/matrix group ("bpe" covers "bpe@small").
+    """
+
+    retries: int = 0
+    retry_delay_seconds: float = 2.0
+    stage_retries: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.retries >= 0, "retries", self.retries, "an int >= 0")
+        require(
+            self.retry_delay_seconds >= 0, "retry_delay_seconds", self.retry_delay_seconds, ">= 0"
+        )
+        for name, n in self.stage_retries.items():
+            require(n >= 0, f"stage_retries.{name}", n, "an int >= 0")
+
+    def retries_for(self, stage: str) -> int:
+        for key in (stage, stage.split("@")[0]):
+            if key in self.stage_retries:
+                return self.stage_retries[key]
+        return self.retries
+
+
+@dataclass
+class StageReport:
+    stage: str
+    status: str  # ran | skipped | failed | not run
+    seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""
+    error: str = ""
+
+
+class StageFailed(RuntimeError):
+    """A stage command exited non-zero; the message carries the stage's own error."""
+
+
+def _stage_env(
+    root: Path, name: str, parent_run_id: str, flow_run_id: str, info: Path
+) -> dict[str, str]:
+    env = dict(os.environ)
+    # The stage cmd says `loom stage ...`: make this interpreter's `loom` the one found.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(
+        {
+            "DVC_ROOT": str(root),
+            "DVC_STAGE": name,
+            tracking.PARENT_RUN_ENV: parent_run_id,
+            tracking.FLOW_RUN_ENV: flow_run_id,
+            stage_runner.RUN_INFO_ENV: str(info),
+        }
+    )
+    return env
+
+
+def _run_cmd(spec: project.StageSpec, env: dict[str, str], logger: Any) -> tuple[int, list[str]]:
+    """Run the stage's cmd as DVC would (shell, in wdir); stream its output; keep the tail."""
+    tail: deque[str] = deque(maxlen=60)
+    proc = subprocess.Popen(
+        spec.cmd,
+        shell=True,
+        cwd=spec.wdir,
+        env=env,
+        text=True,
+        errors="replace",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        logger.info("%s | %s", spec.name, line.split("\r")[-1])
+    return proc.wait(), list(tail)
+
+
+def _reason(name: str, rc: int, tail: list[str]) -> str:
+    errors = [ln for ln in tail if ": error:" in ln]
+    detail = errors[-1] if errors else "\n".join(tail[-8:])
+    return f"stage {name!r} failed (exit code {rc}): {detail}"
+
+
+def _read_metrics(root: Path, spec: project.StageSpec) -> dict[str, float]:
+    for rel in spec.metrics:
+        try:
+            data = json.loads((root / rel).read_text())
+        except (OSError, ValueError):
+            continue
+        return {k: v for k, v in data.items() if isinstance(v, (int, float))}
+    return {}
+
+
+@task(task_run_name="{name}")
+def run_stage_task(root: str, name: str, force: bool, parent_run_id: str, flow_run_id: str):
+    """Skip if DVC says unchanged; else run the cmd and commit the stage to dvc.lock."""
+    logger = get_run_logger()
+    rootp = Path(root)
+    with project.DVC_LOCK:
+        repo = project.open_repo(rootp)
+        try:
+            (stage,) = [s for s in project.pipeline_stages(repo) if s.addressing == name]
+            spec = project.spec_of(repo, stage)
+            unchanged = not force and not project.changed(stage)
+        finally:
+            repo.close()
+    if unchanged:
+        report = StageReport(name, "skipped", metrics=_read_metrics(rootp, spec))
+        return Completed(name="Skipped", message=f"{name}: unchanged (DVC)", data=report)
+
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="loom-run-") as tmp:
+        info = Path(tmp) / "run.json"
+        rc, tail = _run_cmd(spec, _stage_env(rootp, name, parent_run_id, flow_run_id, info), logger)
+        if rc != 0:
+            raise StageFailed(_reason(name, rc, tail))
+        run_info = json.loads(info.read_text()) if info.exists() else {}
+    project.commit(rootp, name)
+    metrics = run_info.get("metrics") or _read_metrics(rootp, spec)
+    return StageReport(name, "ran", time.time() - started, metrics, run_info.get("run_id", ""))
+
+
+def _validate(root: Path, specs: list[project.StageSpec]) -> None:
+    """Every component stage's config and I/O binding, before any stage runs."""
+    for spec in specs:
+        if spec.component:
+            stage_runner.prepare(root, spec.name)
+
+
+@flow(name="loom-pipeline")
+def pipeline(
+    targets: list[str] | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    root: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run the dvc.yaml DAG (or `targets` and their upstream) as Prefect tasks."""
+    from prefect.runtime import flow_run
+
+    rootp = project.find_root(Path(root) if root else None)
+    params.apply_overrides(rootp, list(overrides or []))
+    orchestration = build(
+        Orchestration, params.load(rootp).get(params.LOOM_SECTION), where="params.yaml: loom"
+    )
+    with project.DVC_LOCK:
+        repo = project.open_repo(rootp)
+        try:
+            specs = [project.spec_of(repo, s) for s in project.select(repo, list(targets or []))]
+        finally:
+            repo.close()
+    _validate(rootp, specs)
+
+    flow_run_id = str(flow_run.id or "")
+    parent = _start_parent_run(rootp, flow_run_id, targets, force)
+    futures: dict[str, Any] = {}
+    for spec in specs:
+        upstream = [futures[u] for u in spec.upstream if u in futures]
+        retries = orchestration.retries_for(spec.name)
+        futures[spec.name] = run_stage_task.with_options(
+            retries=retries, retry_delay_seconds=orchestration.retry_delay_seconds
+        ).submit(str(rootp), spec.name, force, parent, flow_run_id, wait_for=upstream)
+
+    reports = [_report(name, fut) for name, fut in futures.items()]
+    _end_parent_run(rootp, parent, reports)
+    print(format_summary(reports))
+    failed = [r for r in reports if r.status == "failed"]
+    if failed:
+        raise StageFailed("; ".join(r.error for r in failed))
+    return [asdict(r) for r in reports]
+
+
+def _report(name: str, future: Any) -> StageReport:
+    state = future.wait() or future.state
+    if state.is_completed():
+        return future.result()
+    if state.is_failed() or state.is_crashed():
+        try:
+            future.result()
+        except Exception as err:
+            return StageReport(name, "failed", error=str(err))
+        return StageReport(name, "failed", error=state.message or "")
+    return StageReport(name, "not run", error="an upstream stage failed")
+
+
+def _start_parent_run(root: Path, flow_run_id: str, targets: list[str] | None, force: bool) -> str:
+    import mlflow
+
+    experiment_id = tracking.setup(root)
+    tags = {
+        "loom.pipeline": "true",
+        "prefect.flow_run_id": flow_run_id,
+        **{f"loom.{k}": v for k, v in tracking.git_info(root).items()},
+        **{f"loom.{k}": v for k, v in tracking.host_info().items()},
+    }
+    run = mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name="pipeline")
+    mlflow.MlflowClient().log_param(run.info.run_id, "targets", json.dumps(list(targets or [])))
+    mlflow.MlflowClient().log_param(run.info.run_id, "force", str(force))
+    return run.info.run_id
+
+
+def _end_parent_run(root: Path, run_id: str, reports: list[StageReport]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    counts = {
+        s: sum(r.status == s for r in reports) for s in ("ran", "skipped", "failed", "not run")
+    }
+    for status, n in counts.items():
+        client.log_metric(run_id, f"stages_{status.replace(' ', '_')}", n)
+    client.log_dict(run_id, [asdict(r) for r in reports], "summary.json")
+    client.set_terminated(run_id, "FAILED" if counts["failed"] else "FINISHED")
+
+
+def format_summary(reports: list[StageReport]) -> str:
+    """A plain table: stage, status, duration, key metrics, MLflow run id."""
+    rows = [("stage", "status", "time", "key metrics", "mlflow run")]
+    for r in reports:
+        keys = [k for k in r.metrics if k != "stage_seconds"][:3]
+        shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys)
+        secs = f"{r.seconds:.1f}s" if r.status == "ran" else "-"
+        rows.append(
+            (r.stage, r.status, secs, shown or (r.error[:60] if r.error else "-"), r.run_id or "-")
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

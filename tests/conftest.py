@@ -1,0 +1,110 @@
+"""Shared fixtures: one real Prefect server and one real MLflow SQLite store per test session,
+and throwaway copies of this project (git + DVC) sized down to run in seconds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+_STATE = Path(tempfile.mkdtemp(prefix="loom-tests-"))
+# Before anything imports prefect or mlflow: their homes and stores live in temp dirs.
+os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STATE / 'mlflow.db'}"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+# `dvc repro` runs `loom stage ...`: find this environment's `loom`.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+
+# Small enough for seconds per stage, big enough that every stage does real work.
+TINY_PARAMS = {
+    "stdlib_text": {"max_docs": 150},
+    "corpus": {"val_fraction": 0.1},
+    "bpe": {"small": {"vocab_size": 300}, "large": {"vocab_size": 420}},
+}
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", "components")
+
+
+def merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def git(root: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=loom-tests", "-c", "user.email=tests@loom.invalid", *args]
+    return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def make_project(dst: Path, params: dict | None = None) -> Path:
+    """A git + DVC copy of this project's pipeline with TINY_PARAMS (and `params`) applied."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dst / name)
+    data = merge(yaml.safe_load((dst / "params.yaml").read_text()), merge(dict(TINY_PARAMS), params or {}))
+    (dst / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    git(dst, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dst, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(dst.parent / f"{dst.name}-remote")],
+                   cwd=dst, check=True, capture_output=True)
+    git(dst, "add", "-A")
+    git(dst, "commit", "-qm", "test project")
+    return dst
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=check,
+                          capture_output=True, text=True)
+
+
+def loom(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`loom ...` as a user types it, in a subprocess."""
+    return subprocess.run([str(Path(sys.executable).parent / "loom"), *args], cwd=root,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory) -> Path:
+    """A project on which `dvc repro` has run once (copy it, never modify it)."""
+    root = make_project(tmp_path_factory.mktemp("built") / "proj")
+    res = dvc(root, "repro", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return root
+
+
+@pytest.fixture
+def project(built_project, tmp_path) -> Path:
+    """A private copy of the built project."""
+    dst = tmp_path / "proj"
+    shutil.copytree(built_project, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture
+def experiment(monkeypatch, request) -> str:
+    """A fresh MLflow experiment name per test (the session store is shared)."""
+    name = f"test-{request.node.name}-{os.getpid()}"[:200]
+    monkeypatch.setenv("LOOM_EXPERIMENT", name)
+    return name

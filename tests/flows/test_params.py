@@ -1,0 +1,50 @@
+import pytest
+
+from flows import params
+
+
+def write(tmp_path, text):
+    (tmp_path / "params.yaml").write_text(text)
+
+
+def test_section_and_missing_key(tmp_path):
+    write(tmp_path, "bpe:\n  small: {vocab_size: 300}\n")
+    data = params.load(tmp_path)
+    assert params.section(data, "bpe.small") == {"vocab_size": 300}
+    with pytest.raises(params.ParamsError, match=r"no key 'bpe.tiny' .*have \['small'\]"):
+        params.section(data, "bpe.tiny")
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    write(tmp_path, "bpe:\n  small: {vocab_size: 300\n  large: 1\n")
+    with pytest.raises(params.ParamsError) as info:
+        params.load(tmp_path)
+    assert "params.yaml" in str(info.value) and "line 3" in str(info.value)
+
+
+def test_missing_and_non_mapping(tmp_path):
+    with pytest.raises(params.ParamsError, match="file not found"):
+        params.load(tmp_path)
+    write(tmp_path, "- a\n- b\n")
+    with pytest.raises(params.ParamsError, match="expected a mapping"):
+        params.load(tmp_path)
+
+
+def test_overrides_keep_comments_and_types(tmp_path):
+    write(tmp_path, "# top comment\nbpe:\n  small:\n    vocab_size: 300  # why\n    name: x\n")
+    params.apply_overrides(tmp_path, ["bpe.small.vocab_size=512", "bpe.small.name=[a, b]"])
+    text = (tmp_path / "params.yaml").read_text()
+    assert "# top comment" in text and "# why" in text
+    assert params.load(tmp_path)["bpe"]["small"] == {"vocab_size": 512, "name": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [("bpe.small.vocab=5", "no such key"), ("novalue", "expected KEY=VALUE"), ("bpe.x.y=1", "no key")],
+)
+def test_bad_overrides_leave_file_alone(tmp_path, override, match):
+    write(tmp_path, "bpe:\n  small:\n    vocab_size: 300\n")
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(params.ParamsError, match=match):
+        params.apply_overrides(tmp_path, [override])
+    assert (tmp_path / "params.yaml").read_text() == before

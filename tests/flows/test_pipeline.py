@@ -1,0 +1,149 @@
+"""The spine end to end: dvc repro and the Prefect flow run one DAG, with real DVC, Prefect
+and MLflow (no mocks), on tiny params."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import mlflow
+import pytest
+import yaml
+
+from flows import cli
+from tests.conftest import dvc, make_project
+
+pytestmark = pytest.mark.slow
+
+ALL_STAGES = ["stdlib_text", "corpus", "bpe@small", "bpe@large", "tokenize@small", "tokenize@large"]
+
+
+def loom_run(root, capsys, *args):
+    """`loom run` in-process (it needs the session's Prefect test server)."""
+    with contextlib.chdir(root):
+        rc = cli.main(["run", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def statuses(stdout: str) -> dict[str, str]:
+    """stage -> status, parsed from the summary table."""
+    found = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ALL_STAGES and parts[1] in ("ran", "skipped", "failed", "not"):
+            found[parts[0]] = parts[1]
+    return found
+
+
+def test_dvc_repro_then_loom_run_skips_everything(project, prefect_server, experiment, capsys):
+    assert "up to date" in dvc(project, "status").stdout
+    rc, out, err = loom_run(project, capsys)
+    assert rc == 0, err
+    assert statuses(out) == dict.fromkeys(ALL_STAGES, "skipped")
+
+
+def test_loom_run_writes_the_lock_dvc_repro_writes(built_project, tmp_path, prefect_server, experiment, capsys):
+    root = make_project(tmp_path / "proj")
+    rc, out, err = loom_run(root, capsys, "--jobs", "2")
+    assert rc == 0, err
+    assert statuses(out) == dict.fromkeys(ALL_STAGES, "ran")
+    assert (root / "dvc.lock").read_text() == (built_project / "dvc.lock").read_text()
+    assert "up to date" in dvc(root, "status").stdout
+    # Outputs are real: ids decode back to the corpus, metrics files exist.
+    metrics = yaml.safe_load((root / "metrics" / "bpe_small.json").read_text())
+    assert metrics["vocab_size"] == 300
+
+    rc, out, _ = loom_run(root, capsys)
+    assert rc == 0 and statuses(out) == dict.fromkeys(ALL_STAGES, "skipped")
+
+
+def test_param_change_reruns_only_that_branch(project, prefect_server, experiment, capsys):
+    rc, out, err = loom_run(project, capsys, "-S", "bpe.small.vocab_size=333")
+    assert rc == 0, err
+    ran = {s for s, st in statuses(out).items() if st == "ran"}
+    assert ran == {"bpe@small", "tokenize@small"}
+    assert yaml.safe_load((project / "params.yaml").read_text())["bpe"]["small"]["vocab_size"] == 333
+    assert "up to date" in dvc(project, "status").stdout
+    # After the flow, dvc repro agrees nothing is left to do.
+    assert "didn't change" in dvc(project, "repro").stdout
+
+
+def test_targets_run_with_upstream_only(project, prefect_server, experiment, capsys):
+    rc, out, err = loom_run(project, capsys, "--force", "bpe@large")
+    assert rc == 0, err
+    assert statuses(out) == {"stdlib_text": "ran", "corpus": "ran", "bpe@large": "ran"}
+
+
+def test_concurrent_run_equals_sequential(built_project, tmp_path, prefect_server, experiment, capsys):
+    seq = tmp_path / "seq"
+    shutil.copytree(built_project, seq, symlinks=True)
+    par = tmp_path / "par"
+    shutil.copytree(built_project, par, symlinks=True)
+    for root, jobs in ((seq, "1"), (par, "2")):
+        rc, out, err = loom_run(root, capsys, "--force", "--jobs", jobs, "-S", "bpe.large.vocab_size=400")
+        assert rc == 0, err
+        assert statuses(out) == dict.fromkeys(ALL_STAGES, "ran")
+        assert "Unable to acquire lock" not in out + err
+    assert (seq / "dvc.lock").read_text() == (par / "dvc.lock").read_text()
+
+
+def test_failure_stops_downstream_and_keeps_outputs(project, prefect_server, experiment, capsys):
+    lock_before = yaml.safe_load((project / "dvc.lock").read_text())
+    tok_before = sorted(p.name for p in (project / "data" / "tokenizers" / "small").iterdir())
+    corpus_before = (project / "data" / "corpus" / "train.parquet").read_bytes()
+    # Every document filtered out: the corpus stage must fail with its own message.
+    rc, out, err = loom_run(project, capsys, "-S", "corpus.min_chars=100000000")
+    assert rc == 1
+    assert "stage 'corpus' failed" in err and "corpus" in err
+    st = statuses(out)
+    assert st["stdlib_text"] == "skipped" and st["corpus"] == "failed"
+    assert all(st[s] == "not" for s in ALL_STAGES[2:])  # "not run"
+    lock_after = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock_after["stages"]["corpus"] == lock_before["stages"]["corpus"]
+    assert sorted(p.name for p in (project / "data" / "tokenizers" / "small").iterdir()) == tok_before
+    assert (project / "data" / "corpus" / "train.parquet").read_bytes() == corpus_before
+
+
+def test_retries_are_configured_in_params(project, prefect_server, experiment, capsys):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["loom"]["stage_retries"] = {"corpus": 1}
+    params["corpus"]["bogus"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    rc, out, err = loom_run(project, capsys)
+    # Config errors are caught before any task runs: no retries are spent on them.
+    assert rc == 1 and "corpus.bogus" in err
+
+
+def test_every_stage_run_carries_lineage(tmp_path, prefect_server, experiment, capsys):
+    root = make_project(tmp_path / "proj")
+    rc, out, err = loom_run(root, capsys)
+    assert rc == 0, err
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("loom.pipeline") == "true"]
+    stages = {r.data.tags["loom.stage"]: r for r in runs if "loom.stage" in r.data.tags}
+    assert len(parents) == 1 and set(stages) == set(ALL_STAGES)
+    flow_run_id = parents[0].data.tags["prefect.flow_run_id"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    head = os.popen(f"git -C {root} rev-parse HEAD").read().strip()
+    for name, run in stages.items():
+        tags = run.data.tags
+        assert run.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["prefect.flow_run_id"] == flow_run_id
+        assert tags["loom.git.commit"] == head and tags["loom.git.dirty"] in ("true", "false")
+        assert tags["loom.component"].startswith("text.") and tags["loom.component_version"]
+        assert tags["loom.host"] and tags["loom.device"] == "cpu"
+        # DVC digests in MLflow equal the ones in dvc.lock, for every dep and out.
+        for entry in lock[name].get("deps", []) + lock[name]["outs"]:
+            kind = "dep" if entry in lock[name].get("deps", []) else "out"
+            assert tags[f"dvc.{kind}.{entry['path']}"] == entry["md5"], (name, entry["path"])
+        assert run.data.params, name
+        assert "stage_seconds" in run.data.metrics
+    corpus = stages["corpus"]
+    assert {i.dataset.name for i in corpus.inputs.dataset_inputs} >= {"sources", "corpus"}
+    curve = client.get_metric_history(stages["bpe@small"].info.run_id, "merge_count")
+    assert len(curve) > 10 and curve[0].value >= curve[-1].value
