@@ -79,7 +79,7 @@ def problems(root: Path) -> list[str]:
         if not spec.component:
             continue
         try:
-            stage_runner.prepare(root, spec.name)
+            stage_runner.prepare(root, spec.name, spec)
             module = registry.module_of(spec.component)
         except Exception as err:  # noqa: BLE001 - each problem is reported, not raised
             found.append(f"{spec.name}: {err}")

@@ -17,9 +17,11 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows import pipeline, project, tracking
+    from flows import params, pipeline, project, tracking
 
     root = project.find_root()
+    overrides = [o for f in args.params_file for o in params.overlay_overrides(root, f)]
+    overrides += args.set_param
     flow = pipeline.pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs))
     try:
         reports = flow(
@@ -102,6 +104,15 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="set a params.yaml value before running (like `dvc exp run -S`)",
+    )
+    r.add_argument(
+        "-P",
+        "--params-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="merge a params overlay (e.g. params.gpu.yaml) first",
     )
     r.add_argument("--force", action="store_true", help="re-run selected stages even if unchanged")
     r.add_argument("--jobs", "-j", type=int, default=1, help="stages to run concurrently")

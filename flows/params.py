@@ -19,7 +19,10 @@ class ParamsError(ValueError):
 
 def load(root: Path) -> dict[str, Any]:
     """Parse `root/params.yaml`; YAML errors name the file, line and column."""
-    path = Path(root) / PARAMS_FILE
+    return load_file(Path(root) / PARAMS_FILE)
+
+
+def load_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -68,6 +71,31 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as err:
         raise ParamsError(f"override {text!r}: value is not valid YAML: {err}") from None
     return key.strip(), value
+
+
+def overlay_overrides(root: Path, overlay: Path) -> list[str]:
+    """A params overlay file (e.g. params.gpu.yaml) as `KEY=VALUE` overrides.
+
+    Mappings recurse where params.yaml has a mapping with all the same keys; anything else
+    (including a mapping that adds keys, e.g. `stage_retries`) replaces the value whole.
+    """
+    import json
+
+    data = load_file(Path(overlay))
+    current = load(root)
+    found: list[str] = []
+
+    def walk(node: Any, base: Any, prefix: str) -> None:
+        for key, value in node.items():
+            full = f"{prefix}.{key}" if prefix else str(key)
+            sub = base.get(key) if isinstance(base, dict) else None
+            if isinstance(value, dict) and isinstance(sub, dict) and set(value) <= set(sub):
+                walk(value, sub, full)
+            else:
+                found.append(f"{full}={json.dumps(value)}")
+
+    walk(data, current, "")
+    return found
 
 
 def apply_overrides(root: Path, overrides: list[str]) -> list[tuple[str, Any]]:

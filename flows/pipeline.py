@@ -9,6 +9,7 @@ DVC's "Unable to acquire lock", and dvc.lock ends up exactly as `dvc repro` woul
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def _validate(root: Path, specs: list[project.StageSpec]) -> None:
     """Every component stage's config and I/O binding, before any stage runs."""
     for spec in specs:
         if spec.component:
-            stage_runner.prepare(root, spec.name)
+            stage_runner.prepare(root, spec.name, spec)
 
 
 @flow(name="loom-pipeline")
@@ -169,6 +170,7 @@ def pipeline(
     from prefect.runtime import flow_run
 
     rootp = project.find_root(Path(root) if root else None)
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # our summary says what DVC did
     params.apply_overrides(rootp, list(overrides or []))
     orchestration = build(
         Orchestration, params.load(rootp).get(params.LOOM_SECTION), where="params.yaml: loom"

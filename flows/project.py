@@ -51,8 +51,9 @@ class StageSpec:
 
 
 def find_root(start: Path | None = None) -> Path:
-    """The DVC root: $DVC_ROOT when DVC launched us, else the nearest parent with `.dvc/`."""
-    if os.environ.get("DVC_ROOT"):
+    """The DVC root above `start`; without one, $DVC_ROOT (set when DVC launched us) or the
+    nearest parent of the working directory with a `.dvc/`."""
+    if start is None and os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path(start or Path.cwd()).resolve()
     for cand in (here, *here.parents):

@@ -55,10 +55,12 @@ def bind(spec: project.StageSpec, stage: Stage) -> None:
                 )
 
 
-def prepare(root: Path, name: str) -> tuple[project.StageSpec, Stage, Any]:
+def prepare(
+    root: Path, name: str, spec: project.StageSpec | None = None
+) -> tuple[project.StageSpec, Stage, Any]:
     """Resolve and validate stage `name` without doing any work."""
     all_params = params.load(root)
-    spec = project.load_spec(root, name)
+    spec = spec or project.load_spec(root, name)
     if not spec.component:
         raise project.ProjectError(f"dvc.yaml: stage {name!r} has no meta.component to run")
     stage = registry.load(spec.component)

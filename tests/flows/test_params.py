@@ -48,3 +48,14 @@ def test_bad_overrides_leave_file_alone(tmp_path, override, match):
     with pytest.raises(params.ParamsError, match=match):
         params.apply_overrides(tmp_path, [override])
     assert (tmp_path / "params.yaml").read_text() == before
+
+
+def test_overlay_file_becomes_overrides(tmp_path):
+    write(tmp_path, "bpe:\n  small: {vocab_size: 300, specials: [a]}\nloom:\n  stage_retries: {}\n")
+    overlay = tmp_path / "gpu.yaml"
+    overlay.write_text("bpe:\n  small: {vocab_size: 32000}\nloom:\n  stage_retries: {bpe: 2}\n")
+    found = params.overlay_overrides(tmp_path, overlay)
+    assert found == ["bpe.small.vocab_size=32000", 'loom.stage_retries={"bpe": 2}']
+    params.apply_overrides(tmp_path, found)
+    assert params.load(tmp_path)["loom"]["stage_retries"] == {"bpe": 2}
+    assert params.load(tmp_path)["bpe"]["small"] == {"vocab_size": 32000, "specials": ["a"]}
