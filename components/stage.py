@@ -46,6 +46,8 @@ class StageResult:
     """What a stage reports back.
 
     metrics:   final scalar metrics, written to the stage's DVC metrics file and MLflow.
+               Name wall-clock timings `*_seconds`: they go to MLflow only, so that the
+               metrics file (a versioned output) is reproducible.
     curves:    step-wise series name -> [(step, value), ...], logged as MLflow metric history
                and written as the stage's DVC plots file.
     artifacts: small files worth attaching to the tracking run (large outputs go by reference).

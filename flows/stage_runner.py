@@ -176,7 +176,12 @@ def write_reports(
     metrics: dict[str, float],
     curves: dict[str, list[tuple[int, float]]],
 ) -> None:
-    """The stage's declared DVC metrics (JSON/YAML) and plots (JSON records by step) files."""
+    """The stage's declared DVC metrics (JSON/YAML) and plots (JSON records by step) files.
+
+    Wall-clock metrics (`*_seconds`) go to MLflow only: the DVC metrics file is a versioned
+    output, and the same inputs must give the same bytes (and the same dvc.lock).
+    """
+    metrics = {k: v for k, v in metrics.items() if not k.endswith("seconds")}
     for rel in spec.metrics:
         target = root / rel
         if target.suffix in (".yaml", ".yml"):

@@ -55,26 +55,43 @@ def make_project(dst: Path, params: dict | None = None) -> Path:
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy2(src, dst / name)
-    data = merge(yaml.safe_load((dst / "params.yaml").read_text()), merge(dict(TINY_PARAMS), params or {}))
+    data = merge(
+        yaml.safe_load((dst / "params.yaml").read_text()), merge(dict(TINY_PARAMS), params or {})
+    )
     (dst / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     git(dst, "init", "-q")
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dst, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(dst.parent / f"{dst.name}-remote")],
-                   cwd=dst, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "remote",
+            "add",
+            "-d",
+            "local",
+            str(dst.parent / f"{dst.name}-remote"),
+        ],
+        cwd=dst,
+        check=True,
+        capture_output=True,
+    )
     git(dst, "add", "-A")
     git(dst, "commit", "-qm", "test project")
     return dst
 
 
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, check=check,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, check=check, capture_output=True, text=True
+    )
 
 
 def loom(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`loom ...` as a user types it, in a subprocess."""
-    return subprocess.run([str(Path(sys.executable).parent / "loom"), *args], cwd=root,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "loom"), *args], cwd=root, capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,11 @@ def test_overrides_keep_comments_and_types(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "match"),
-    [("bpe.small.vocab=5", "no such key"), ("novalue", "expected KEY=VALUE"), ("bpe.x.y=1", "no key")],
+    [
+        ("bpe.small.vocab=5", "no such key"),
+        ("novalue", "expected KEY=VALUE"),
+        ("bpe.x.y=1", "no key"),
+    ],
 )
 def test_bad_overrides_leave_file_alone(tmp_path, override, match):
     write(tmp_path, "bpe:\n  small:\n    vocab_size: 300\n")

@@ -7,10 +7,10 @@ import contextlib
 import os
 import shutil
 
-import mlflow
 import pytest
 import yaml
 
+import mlflow
 from flows import cli
 from tests.conftest import dvc, make_project
 
@@ -32,7 +32,11 @@ def statuses(stdout: str) -> dict[str, str]:
     found = {}
     for line in stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] in ALL_STAGES and parts[1] in ("ran", "skipped", "failed", "not"):
+        if (
+            len(parts) >= 2
+            and parts[0] in ALL_STAGES
+            and parts[1] in ("ran", "skipped", "failed", "not")
+        ):
             found[parts[0]] = parts[1]
     return found
 
@@ -44,7 +48,9 @@ def test_dvc_repro_then_loom_run_skips_everything(project, prefect_server, exper
     assert statuses(out) == dict.fromkeys(ALL_STAGES, "skipped")
 
 
-def test_loom_run_writes_the_lock_dvc_repro_writes(built_project, tmp_path, prefect_server, experiment, capsys):
+def test_loom_run_writes_the_lock_dvc_repro_writes(
+    built_project, tmp_path, prefect_server, experiment, capsys
+):
     root = make_project(tmp_path / "proj")
     rc, out, err = loom_run(root, capsys, "--jobs", "2")
     assert rc == 0, err
@@ -64,10 +70,22 @@ def test_param_change_reruns_only_that_branch(project, prefect_server, experimen
     assert rc == 0, err
     ran = {s for s, st in statuses(out).items() if st == "ran"}
     assert ran == {"bpe@small", "tokenize@small"}
-    assert yaml.safe_load((project / "params.yaml").read_text())["bpe"]["small"]["vocab_size"] == 333
+    assert (
+        yaml.safe_load((project / "params.yaml").read_text())["bpe"]["small"]["vocab_size"] == 333
+    )
     assert "up to date" in dvc(project, "status").stdout
     # After the flow, dvc repro agrees nothing is left to do.
     assert "didn't change" in dvc(project, "repro").stdout
+    # Back to 300: `loom compare` shows the two bpe@small runs differ in that param.
+    rc, out, err = loom_run(project, capsys, "-S", "bpe.small.vocab_size=300", "bpe@small")
+    assert rc == 0 and statuses(out)["bpe@small"] == "ran", err
+    with contextlib.chdir(project):
+        assert cli.main(["compare", "--last", "2", "--stage", "bpe@small"]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if "param vocab_size" in line)
+    assert row.startswith("*") and row.split()[-2:] == ["300", "333"]
+    same = next(line for line in table.splitlines() if "data dvc.dep.data/corpus" in line)
+    assert not same.startswith("*")
 
 
 def test_targets_run_with_upstream_only(project, prefect_server, experiment, capsys):
@@ -76,13 +94,17 @@ def test_targets_run_with_upstream_only(project, prefect_server, experiment, cap
     assert statuses(out) == {"stdlib_text": "ran", "corpus": "ran", "bpe@large": "ran"}
 
 
-def test_concurrent_run_equals_sequential(built_project, tmp_path, prefect_server, experiment, capsys):
+def test_concurrent_run_equals_sequential(
+    built_project, tmp_path, prefect_server, experiment, capsys
+):
     seq = tmp_path / "seq"
     shutil.copytree(built_project, seq, symlinks=True)
     par = tmp_path / "par"
     shutil.copytree(built_project, par, symlinks=True)
     for root, jobs in ((seq, "1"), (par, "2")):
-        rc, out, err = loom_run(root, capsys, "--force", "--jobs", jobs, "-S", "bpe.large.vocab_size=400")
+        rc, out, err = loom_run(
+            root, capsys, "--force", "--jobs", jobs, "-S", "bpe.large.vocab_size=400"
+        )
         assert rc == 0, err
         assert statuses(out) == dict.fromkeys(ALL_STAGES, "ran")
         assert "Unable to acquire lock" not in out + err
@@ -102,7 +124,9 @@ def test_failure_stops_downstream_and_keeps_outputs(project, prefect_server, exp
     assert all(st[s] == "not" for s in ALL_STAGES[2:])  # "not run"
     lock_after = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock_after["stages"]["corpus"] == lock_before["stages"]["corpus"]
-    assert sorted(p.name for p in (project / "data" / "tokenizers" / "small").iterdir()) == tok_before
+    assert (
+        sorted(p.name for p in (project / "data" / "tokenizers" / "small").iterdir()) == tok_before
+    )
     assert (project / "data" / "corpus" / "train.parquet").read_bytes() == corpus_before
 
 

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
+import mlflow
 from flows import atomic
 from tests.conftest import loom
 
@@ -88,7 +88,9 @@ def test_invalid_utf8_under_error_policy(project, experiment):
 
 def test_unknown_component(project, experiment):
     dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace("component: text.corpus", "component: text.korpus"))
+    dvc_yaml.write_text(
+        dvc_yaml.read_text().replace("component: text.corpus", "component: text.korpus")
+    )
     fails(project, "corpus", "unknown component 'text.korpus'", "text.corpus")
 
 
@@ -105,8 +107,13 @@ def test_killed_mid_run_keeps_outputs_and_next_run_recovers(project, experiment)
     before = snapshot(project)
     edit_params(project, lambda p: p["bpe"]["large"].update(vocab_size=3000))
     target = project / "data" / "tokenizers" / "large"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "loom"), "stage", "bpe@large"], cwd=project,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "loom"), "stage", "bpe@large"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     scratch = target.parent / f"{atomic.SCRATCH_PREFIX}{proc.pid}-large"
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     deadline = time.time() + 120

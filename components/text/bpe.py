@@ -1,0 +1,581 @@
+"""Byte-level BPE tokenizer in the GPT-2 style, pure Python (+ `regex`).
+
+    text -> split on special tokens -> GPT-2 regex pre-tokens -> UTF-8 bytes -> merges by rank
+
+Merges never cross a pre-token or a special token. Encoding applies the merge list the way
+GPT-2's `encoder.py` and HF `tokenizers` do: repeatedly merge the adjacent pair of lowest rank.
+Speed comes from a per-pre-token cache (real text repeats a few thousand pieces) and from
+matching ASCII text with `re`, which is about twice as fast as `regex` and gives equal pieces.
+
+Token ids are a table, not a rule: GPT-2 orders its 256 byte tokens by printability, so
+`from_gpt2` keeps its ids and reproduces tiktoken's GPT-2 ids exactly. A trained tokenizer
+uses ids 0..255 = raw bytes, then one id per merge in merge order, then the special tokens.
+
+Saved as `<dir>/tokenizer.json` (format "loom-bpe", version 1, checked by `load`):
+
+    {"format": "loom-bpe", "version": 1, "pattern": <pre-token regex>,
+     "byte_ids": [id of byte 0, ..., id of byte 255],
+     "merges": [[hex(left bytes), hex(right bytes), merged id], ...],   # in rank order
+     "special_tokens": {"<|endoftext|>": 50256}}
+
+Exports: `export_hf` (HF `tokenizers` tokenizer.json), `export_gpt2` (vocab.json + merges.txt),
+`export_tiktoken` (rank file for `tiktoken.load.load_tiktoken_bpe`).
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from functools import cache
+from itertools import chain, pairwise
+from pathlib import Path
+from typing import Literal
+
+import regex
+from tqdm import tqdm
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Faster spellings of GPT-2's pattern, both matching exactly the same pieces. For `regex`:
+# tiktoken's factored contractions (~13% faster; no contraction is a prefix of another).
+# For ASCII text: `re` with ASCII classes, where \p{L} = [A-Za-z], \p{N} = [0-9] and \s
+# agree with `regex`'s Unicode classes; `re` runs it about twice as fast.
+_FASTER_SPELLING = {
+    GPT2_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+}
+_ASCII_SPELLING = {
+    GPT2_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
+}
+# No piece holds non-whitespace followed by whitespace (a space only leads a piece; whitespace
+# runs hold nothing else), and no alternative looks left: cutting text between the two leaves
+# the pieces unchanged, so long text can be matched block by block.
+_SAFE_CUT = regex.compile(r"\S(?=\s)")  # \s as `regex` has it: not \x1c-\x1f
+BLOCK_CHARS = 1 << 12  # ASCII fast path granularity for long, mostly-ASCII texts
+ENDOFTEXT = "<|endoftext|>"
+FORMAT, VERSION = "loom-bpe", 1
+FILENAME = "tokenizer.json"
+CACHE_SIZE = 1 << 18  # pre-tokens; real text repeats a few thousand of them most of the time
+
+AllowedSpecial = Literal["all", "none"] | Set[str]
+Pair = tuple[int, int]
+
+
+@dataclass
+class TrainStats:
+    """What `BpeTokenizer.train` saw; set on the trained tokenizer, not saved."""
+
+    words: int  # pre-tokens in the training text
+    unique_words: int
+    merge_counts: list[int] = field(default_factory=list)  # pair frequency at each merge
+    seconds: float = 0.0
+
+
+class BpeTokenizer:
+    """vocab: id -> bytes of each ordinary token (the 256 single bytes and one per merge).
+    merges: id pairs in rank order; each merges into the id of its concatenated bytes.
+    special_tokens: string -> id, matched in text before pre-tokenization, never merged."""
+
+    def __init__(
+        self,
+        vocab: Mapping[int, bytes],
+        merges: Sequence[Pair],
+        special_tokens: Mapping[str, int] | None = None,
+        pattern: str = GPT2_PATTERN,
+    ):
+        self._ids = {b: i for i, b in vocab.items()}  # bytes -> id
+        if len(self._ids) != len(vocab):
+            raise ValueError("vocab maps two ids to the same bytes")
+        missing = [b for b in range(256) if bytes([b]) not in self._ids]
+        if missing:
+            raise ValueError(f"vocab lacks single-byte tokens for bytes {missing[:8]}...")
+        self._byte_ids = [self._ids[bytes([b])] for b in range(256)]
+        self._ranks: dict[Pair, int] = {}
+        self._merged: list[int] = []  # rank -> merged id
+        for rank, (a, b) in enumerate(merges):
+            merged = self._ids.get(vocab[a] + vocab[b])
+            if merged is None:
+                raise ValueError(f"merge {rank} ({a}, {b}) has no token in the vocab")
+            self._ranks[(a, b)] = rank
+            self._merged.append(merged)
+        self._specials = dict(special_tokens or {})
+        if "" in self._specials:
+            raise ValueError("a special token cannot be the empty string")
+        clash = set(self._specials.values()) & set(vocab)
+        if clash or len(set(self._specials.values())) != len(self._specials):
+            raise ValueError(f"special token ids must be new and distinct: {sorted(clash)}")
+        self._vocab = dict(vocab) | {i: s.encode("utf-8") for s, i in self._specials.items()}
+        self.pattern = pattern
+        self._pat = _PreTokenizer(pattern)
+        self._cache = _PieceCache(self._encode_piece, CACHE_SIZE)
+        self.train_stats: TrainStats | None = None
+
+    # --- training -------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        special_tokens: Sequence[str] = (),
+        progress: bool = False,
+    ) -> BpeTokenizer:
+        """Learn `vocab_size - 256 - len(special_tokens)` merges from `texts` (streamed once).
+
+        Each step merges the most frequent pair; ties go to the lexicographically smallest
+        (left bytes, right bytes). Training stops early once no pair occurs twice, so the
+        vocab can come out smaller than asked (see `vocab_size`).
+        """
+        num_merges = vocab_size - 256 - len(special_tokens)
+        if num_merges < 0:
+            raise ValueError(
+                f"vocab_size {vocab_size} < 256 byte tokens + {len(special_tokens)} special tokens"
+            )
+        if len(set(special_tokens)) != len(special_tokens) or "" in special_tokens:
+            raise ValueError(f"special tokens must be distinct and non-empty: {special_tokens}")
+        start = time.perf_counter()
+        words = _count_words(texts, special_tokens, _PreTokenizer(GPT2_PATTERN))
+        trainer = MergeTrainer({w.encode("utf-8"): n for w, n in words.items()})
+        stats = TrainStats(words=sum(words.values()), unique_words=len(words))
+        del words
+        for _ in tqdm(range(num_merges), desc="bpe merges", disable=not progress):
+            step = trainer.step()
+            if step is None:
+                break
+            stats.merge_counts.append(step[1])
+        vocab = dict(enumerate(trainer.token_bytes))
+        specials = {s: len(vocab) + i for i, s in enumerate(special_tokens)}
+        tok = cls(vocab, trainer.merges, specials)
+        stats.seconds = time.perf_counter() - start
+        tok.train_stats = stats
+        return tok
+
+    # --- encoding -------------------------------------------------------------------------
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, with special token strings treated as plain text."""
+        # Cache hits stay in C (dict.__getitem__ via map); misses go through _encode_piece.
+        return list(chain.from_iterable(map(self._cache.__getitem__, self._pat.findall(text))))
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = "all") -> list[int]:
+        """Token ids of `text`; the special tokens in `allowed_special` ("all", "none" or a set
+        of strings) map to their ids, any other special token string is encoded as text."""
+        specials = self._allowed(allowed_special)
+        if not specials:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        parts = _special_splitter(tuple(specials)).split(text)
+        for i, part in enumerate(parts):  # odd parts are the captured special tokens
+            if i % 2:
+                ids.append(specials[part])
+            elif part:
+                ids += self.encode_ordinary(part)
+        return ids
+
+    def _allowed(self, allowed_special: AllowedSpecial) -> dict[str, int]:
+        if allowed_special == "all":
+            return self._specials
+        if allowed_special == "none":
+            return {}
+        unknown = set(allowed_special) - set(self._specials)
+        if unknown:
+            raise ValueError(f"not special tokens of this tokenizer: {sorted(unknown)}")
+        return {s: self._specials[s] for s in allowed_special}
+
+    def _encode_piece(self, piece: bytes) -> tuple[int, ...]:
+        """Ids of one pre-token. A pre-token that is itself a token skips the merge loop:
+        BPE creates a token only where merging its bytes alone yields it."""
+        whole = self._ids.get(piece)
+        if whole is not None:
+            return (whole,)
+        byte_ids = self._byte_ids
+        return tuple(_apply_merges([byte_ids[b] for b in piece], self._ranks, self._merged))
+
+    # --- decoding -------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes the ids stand for (special tokens as their UTF-8 strings)."""
+        try:
+            return b"".join(map(self._vocab.__getitem__, ids))
+        except KeyError as err:
+            raise ValueError(f"unknown token id {err.args[0]}") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # --- vocabulary -----------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of tokens, special ones included (= max id + 1 for trained and GPT-2)."""
+        return len(self._vocab)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._specials)
+
+    @property
+    def merges(self) -> list[Pair]:
+        """Id pairs in rank order."""
+        return list(self._ranks)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._vocab[token_id]
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `<directory>/tokenizer.json` (loom-bpe, version 1); return its path."""
+        path = Path(directory) / FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format": FORMAT,
+            "version": VERSION,
+            "pattern": self.pattern,
+            "byte_ids": self._byte_ids,
+            "merges": [
+                [self._vocab[a].hex(), self._vocab[b].hex(), self._merged[rank]]
+                for (a, b), rank in self._ranks.items()
+            ],
+            "special_tokens": self._specials,
+        }
+        path.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BpeTokenizer:
+        """Read what `save` wrote; raises ValueError on another format or version."""
+        path = Path(directory) / FILENAME
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found = (data.get("format"), data.get("version")) if isinstance(data, dict) else None
+        if found != (FORMAT, VERSION):
+            raise ValueError(
+                f"{path}: format/version {found} is not ({FORMAT!r}, {VERSION}); "
+                "re-train or re-save it with this version of Loom"
+            )
+        vocab = {i: bytes([b]) for b, i in enumerate(data["byte_ids"])}
+        ids = {b: i for i, b in vocab.items()}
+        merges = []
+        for left, right, merged in data["merges"]:
+            left, right = bytes.fromhex(left), bytes.fromhex(right)
+            vocab[merged], ids[left + right] = left + right, merged
+            merges.append((ids[left], ids[right]))
+        return cls(vocab, merges, data["special_tokens"], data["pattern"])
+
+    # --- interchange formats --------------------------------------------------------------
+
+    @classmethod
+    def from_gpt2(cls, vocab_json: str | Path, merges_txt: str | Path) -> BpeTokenizer:
+        """GPT-2's `encoder.json`/`vocab.json` + `vocab.bpe`/`merges.txt` (byte-to-unicode
+        strings). Vocab entries that are neither a byte nor a merge result are special."""
+        decoder = {c: b for b, c in bytes_to_unicode().items()}
+        encoder: dict[str, int] = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+        lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+        # Only the header is a comment: "# #" and "## ##" are real merges.
+        pairs = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        ordinary = set(decoder) | {a + b for a, b in pairs}
+        vocab = {i: bytes(decoder[c] for c in s) for s, i in encoder.items() if s in ordinary}
+        specials = {s: i for s, i in encoder.items() if s not in ordinary}
+        merges = [(encoder[a], encoder[b]) for a, b in pairs]
+        return cls(vocab, merges, specials)
+
+    def export_gpt2(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write `vocab.json` and `merges.txt` (GPT-2 layout) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab, merges = self._gpt2_strings()
+        vocab |= self._specials
+        vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
+        vocab_path.write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+        lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+        merges_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return vocab_path, merges_path
+
+    def export_hf(self, path: str | Path) -> Path:
+        """Write a HF `tokenizers` tokenizer.json with the same ids and decodes."""
+        if self.pattern != GPT2_PATTERN:
+            raise ValueError("export_hf supports only the GPT-2 pre-tokenization pattern")
+        vocab, merges = self._gpt2_strings()
+        byte_level = {"add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+        data = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {
+                    "id": i,
+                    "content": s,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
+                for s, i in sorted(self._specials.items(), key=lambda item: item[1])
+            ],
+            "normalizer": None,
+            # use_regex=True is HF's built-in copy of GPT2_PATTERN.
+            "pre_tokenizer": {"type": "ByteLevel", **byte_level},
+            "post_processor": None,
+            "decoder": {"type": "ByteLevel", **byte_level},
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": False,
+                "vocab": vocab,
+                "merges": [list(pair) for pair in merges],
+            },
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    def export_tiktoken(self, path: str | Path) -> Path:
+        """Write a tiktoken rank file: `base64(token bytes) id` per ordinary token.
+        tiktoken ranks by id, so this needs ids ordered like the merges (trained and GPT-2)."""
+        if self._merged != sorted(self._merged):
+            raise ValueError("tiktoken needs merged ids that increase with merge rank")
+        ordinary = sorted((i, b) for i, b in self._vocab.items() if i not in self._specials_ids())
+        lines = [f"{base64.b64encode(b).decode('ascii')} {i}" for i, b in ordinary]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="ascii")
+        return path
+
+    def _specials_ids(self) -> set[int]:
+        return set(self._specials.values())
+
+    def _gpt2_strings(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """Ordinary vocab and merges as GPT-2's printable byte-to-unicode strings."""
+        table = bytes_to_unicode()
+        text = {i: "".join(table[b] for b in bs) for i, bs in self._vocab.items()}
+        specials = self._specials_ids()
+        vocab = {s: i for i, s in text.items() if i not in specials}
+        return vocab, [(text[a], text[b]) for a, b in self._ranks]
+
+
+class MergeTrainer:
+    """Incremental BPE merge learning over a word-frequency table.
+
+    Holds each distinct word as a list of token ids with its frequency, the count of every
+    adjacent pair, an index pair -> words that (may) contain it, and a lazy max-heap of
+    (-count, left bytes, right bytes). A merge rewrites only the words holding the pair and
+    adjusts their pair counts; counts of untouched pairs only ever fall, so a heap entry whose
+    count is stale is an upper bound and is re-pushed with the true count when it surfaces.
+    `BpeTokenizer.train` drives it; tests compare its counts with a full recount.
+    """
+
+    def __init__(self, word_counts: Mapping[bytes, int]):
+        self.words = [list(w) for w in word_counts]
+        self.freqs = list(word_counts.values())
+        self.token_bytes = [bytes([b]) for b in range(256)]  # id -> bytes, grows per merge
+        self.merges: list[Pair] = []
+        self.pair_counts: dict[Pair, int] = {}
+        self.pair_words: dict[Pair, set[int]] = {}
+        counts, where = self.pair_counts, self.pair_words
+        for w, (word, freq) in enumerate(zip(self.words, self.freqs, strict=True)):
+            for pair in pairwise(word):
+                counts[pair] = counts.get(pair, 0) + freq
+                where.setdefault(pair, set()).add(w)
+        self._known = set(self.token_bytes)
+        self._heap = [self._entry(pair, n) for pair, n in counts.items()]
+        heapq.heapify(self._heap)
+
+    def _entry(self, pair: Pair, count: int) -> tuple[int, bytes, bytes, Pair]:
+        return (-count, self.token_bytes[pair[0]], self.token_bytes[pair[1]], pair)
+
+    def step(self) -> tuple[Pair, int] | None:
+        """Merge the most frequent pair into a new token; return (pair, its count), or None
+        once no pair occurs twice."""
+        heap, counts = self._heap, self.pair_counts
+        while heap:
+            negative, left, right, pair = heapq.heappop(heap)
+            count = counts.get(pair, 0)
+            if count != -negative:  # stale: counts only fall, so re-queue the true count
+                if count > 0:
+                    heapq.heappush(heap, self._entry(pair, count))
+                continue
+            if count < 2:
+                heapq.heappush(heap, (negative, left, right, pair))
+                return None
+            if left + right in self._known:
+                # Another pair already spelled these bytes ("ab"+"c" vs "a"+"bc"). Not seen in
+                # practice, but a second id for the same bytes could not be written to
+                # vocab.json or a tiktoken file, so such a pair is dropped for good.
+                continue
+            self._merge(pair)
+            return pair, count
+        return None
+
+    def _merge(self, pair: Pair) -> None:
+        a, b = pair
+        new = len(self.token_bytes)
+        self.token_bytes.append(self.token_bytes[a] + self.token_bytes[b])
+        self._known.add(self.token_bytes[new])
+        self.merges.append(pair)
+        counts, where, words, freqs = self.pair_counts, self.pair_words, self.words, self.freqs
+        created: set[Pair] = set()
+        for w in where.pop(pair):
+            word = words[w]
+            merged = _merge_pair(word, pair, new)
+            if len(merged) == len(word):  # the index is a superset: the pair left this word
+                continue
+            freq = freqs[w]
+            for p in pairwise(word):
+                counts[p] -= freq
+            for p in pairwise(merged):
+                counts[p] = counts.get(p, 0) + freq
+                if new in p:  # other pairs of `merged` were in `word`: already indexed
+                    created.add(p)
+                    where.setdefault(p, set()).add(w)
+            words[w] = merged
+        del counts[pair]
+        for p in created:
+            heapq.heappush(self._heap, self._entry(p, counts[p]))
+
+    def recount(self) -> dict[Pair, int]:
+        """Pair counts from scratch (what the incremental counts must equal)."""
+        counts: Counter[Pair] = Counter()
+        for word, freq in zip(self.words, self.freqs, strict=True):
+            for pair in pairwise(word):
+                counts[pair] += freq
+        return dict(counts)
+
+
+class _PieceCache(dict):
+    """pre-token str -> token ids, filled on a miss; cleared whole when full (cheap, and the
+    frequent pre-tokens come straight back)."""
+
+    def __init__(self, encode: Callable[[bytes], tuple[int, ...]], max_size: int):
+        super().__init__()
+        self._encode, self._max_size = encode, max_size
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        if len(self) >= self._max_size:
+            self.clear()
+        ids = self[piece] = self._encode(piece.encode("utf-8"))
+        return ids
+
+
+_NEVER = 1 << 62  # rank of a pair that is not a merge
+
+
+def _apply_merges(ids: list[int], ranks: Mapping[Pair, int], merged: Sequence[int]) -> list[int]:
+    """Merge the leftmost lowest-rank adjacent pair until none is a merge (in place).
+
+    >>> _apply_merges([97, 97, 98], {(97, 97): 0, (97, 98): 1}, [256, 257])  # "aa" first
+    [256, 98]
+    """
+    # Rank of each adjacent pair, kept in step with `ids` so that a merge re-ranks only its
+    # two neighbours and min/index run in C.
+    pair_ranks = [ranks.get(p, _NEVER) for p in pairwise(ids)]
+    while pair_ranks:
+        rank = min(pair_ranks)
+        if rank == _NEVER:
+            break
+        i = pair_ranks.index(rank)
+        ids[i : i + 2] = (merged[rank],)
+        del pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = ranks.get((ids[i - 1], ids[i]), _NEVER)
+        if i < len(pair_ranks):
+            pair_ranks[i] = ranks.get((ids[i], ids[i + 1]), _NEVER)
+    return ids
+
+
+def _merge_pair(ids: list[int], pair: Pair, new: int) -> list[int]:
+    """Replace each non-overlapping occurrence of `pair`, left to right, by `new`.
+
+    >>> _merge_pair([97, 97, 97, 98], (97, 97), 256)
+    [256, 97, 98]
+    """
+    a, b = pair
+    out: list[int] = []
+    i, n = 0, len(ids)
+    while i < n:
+        if ids[i] == a and i + 1 < n and ids[i + 1] == b:
+            out.append(new)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _count_words(
+    texts: Iterable[str], special_tokens: Sequence[str], pretokenizer: _PreTokenizer
+) -> Counter[str]:
+    """Pre-token frequencies; special tokens are cut out so no merge ever spans them.
+
+    >>> _count_words(["a cat<|endoftext|>a cat"], ["<|endoftext|>"], _PreTokenizer(GPT2_PATTERN))
+    Counter({'a': 2, ' cat': 2})
+    """
+    counts: Counter[str] = Counter()
+    splitter = _special_splitter(tuple(special_tokens)) if special_tokens else None
+    for text in texts:
+        for chunk in splitter.split(text)[::2] if splitter else (text,):
+            counts.update(pretokenizer.findall(chunk))
+    return counts
+
+
+class _PreTokenizer:
+    """`findall(text)`: the pieces of `text` under `pattern`, ASCII blocks through `re`."""
+
+    def __init__(self, pattern: str):
+        self._full = regex.compile(_FASTER_SPELLING.get(pattern, pattern))
+        ascii_pattern = _ASCII_SPELLING.get(pattern)
+        self._ascii = re.compile(ascii_pattern, re.ASCII) if ascii_pattern else None
+
+    def findall(self, text: str) -> list[str]:
+        if self._ascii is None:
+            return self._full.findall(text)
+        if text.isascii():
+            return self._ascii.findall(text)
+        if len(text) <= BLOCK_CHARS:
+            return self._full.findall(text)
+        pieces: list[str] = []
+        start = 0
+        while start < len(text):
+            cut = _SAFE_CUT.search(text, start + BLOCK_CHARS)
+            end = cut.end() if cut else len(text)
+            block = text[start:end]
+            pieces += (self._ascii if block.isascii() else self._full).findall(block)
+            start = end
+        return pieces
+
+
+@cache
+def _special_splitter(specials: tuple[str, ...]) -> re.Pattern:
+    """A pattern whose `split` keeps each special token as an odd-indexed part; longest first,
+    so a special token that contains another wins."""
+    alternatives = sorted(specials, key=len, reverse=True)
+    return re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
+
+
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table: printable Latin-1 bytes map to themselves,
+    the other 68 to U+0100.. in byte order.
+
+    >>> table = bytes_to_unicode()
+    >>> table[ord("a")], table[ord(" ")], table[ord("\\n")], table[0xAD]
+    ('a', 'Ġ', 'Ċ', 'Ń')
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table = {b: chr(b) for b in keep}
+    shifted = iter(range(256, 512))
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(next(shifted))
+    return dict(sorted(table.items()))

