@@ -69,6 +69,7 @@ class Stage:
     config:  dataclass type of the params section.
     inputs/outputs: the names `StageIO` carries.
     run:     (config, io) -> StageResult.
+    key_metrics: the few metrics a run summary shows for this component.
     """
 
     name: str
@@ -77,3 +78,4 @@ class Stage:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     run: Callable[[Any, StageIO], StageResult]
+    key_metrics: tuple[str, ...] = ()

@@ -9,7 +9,6 @@ DVC's "Unable to acquire lock", and dvc.lock ends up exactly as `dvc repro` woul
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
+from components import registry
 from components.config import build, require
 from flows import params, project, stage_runner, tracking
 
@@ -62,6 +62,7 @@ class StageReport:
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
     error: str = ""
+    key_metrics: list[str] = field(default_factory=list)
 
 
 class StageFailed(RuntimeError):
@@ -124,7 +125,9 @@ def _read_metrics(root: Path, spec: project.StageSpec) -> dict[str, float]:
 
 
 @task(task_run_name="{name}")
-def run_stage_task(root: str, name: str, force: bool, parent_run_id: str, flow_run_id: str):
+def run_stage_task(
+    root: str, name: str, force: bool, parent_run_id: str, flow_run_id: str, lock_order: list[str]
+):
     """Skip if DVC says unchanged; else run the cmd and commit the stage to dvc.lock."""
     logger = get_run_logger()
     rootp = Path(root)
@@ -136,8 +139,9 @@ def run_stage_task(root: str, name: str, force: bool, parent_run_id: str, flow_r
             unchanged = not force and not project.changed(stage)
         finally:
             repo.close()
+    key = list(registry.load(spec.component).key_metrics) if spec.component else []
     if unchanged:
-        report = StageReport(name, "skipped", metrics=_read_metrics(rootp, spec))
+        report = StageReport(name, "skipped", metrics=_read_metrics(rootp, spec), key_metrics=key)
         return Completed(name="Skipped", message=f"{name}: unchanged (DVC)", data=report)
 
     started = time.time()
@@ -147,9 +151,10 @@ def run_stage_task(root: str, name: str, force: bool, parent_run_id: str, flow_r
         if rc != 0:
             raise StageFailed(_reason(name, rc, tail))
         run_info = json.loads(info.read_text()) if info.exists() else {}
-    project.commit(rootp, name)
+    project.commit(rootp, name, plan=lock_order)
     metrics = run_info.get("metrics") or _read_metrics(rootp, spec)
-    return StageReport(name, "ran", time.time() - started, metrics, run_info.get("run_id", ""))
+    seconds = time.time() - started
+    return StageReport(name, "ran", seconds, metrics, run_info.get("run_id", ""), key_metrics=key)
 
 
 def _validate(root: Path, specs: list[project.StageSpec]) -> None:
@@ -170,7 +175,6 @@ def pipeline(
     from prefect.runtime import flow_run
 
     rootp = project.find_root(Path(root) if root else None)
-    logging.getLogger("dvc").setLevel(logging.WARNING)  # our summary says what DVC did
     params.apply_overrides(rootp, list(overrides or []))
     orchestration = build(
         Orchestration, params.load(rootp).get(params.LOOM_SECTION), where="params.yaml: loom"
@@ -183,6 +187,8 @@ def pipeline(
             repo.close()
     _validate(rootp, specs)
 
+    # dvc.lock order as a sequential `dvc repro` would leave it (see project.commit).
+    lock_order = project.locked_stages(rootp) + [s.name for s in specs]
     flow_run_id = str(flow_run.id or "")
     parent = _start_parent_run(rootp, flow_run_id, targets, force)
     futures: dict[str, Any] = {}
@@ -191,7 +197,7 @@ def pipeline(
         retries = orchestration.retries_for(spec.name)
         futures[spec.name] = run_stage_task.with_options(
             retries=retries, retry_delay_seconds=orchestration.retry_delay_seconds
-        ).submit(str(rootp), spec.name, force, parent, flow_run_id, wait_for=upstream)
+        ).submit(str(rootp), spec.name, force, parent, flow_run_id, lock_order, wait_for=upstream)
 
     reports = [_report(name, fut) for name, fut in futures.items()]
     _end_parent_run(rootp, parent, reports)
@@ -248,7 +254,9 @@ def format_summary(reports: list[StageReport]) -> str:
     """A plain table: stage, status, duration, key metrics, MLflow run id."""
     rows = [("stage", "status", "time", "key metrics", "mlflow run")]
     for r in reports:
-        keys = [k for k in r.metrics if k != "stage_seconds"][:3]
+        keys = [k for k in r.key_metrics if k in r.metrics] or [
+            k for k in r.metrics if not k.endswith("seconds")
+        ][:3]
         shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys)
         secs = f"{r.seconds:.1f}s" if r.status == "ran" else "-"
         rows.append(

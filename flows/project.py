@@ -8,6 +8,7 @@ DVC objects are not thread-safe: callers in threads serialise through `DVC_LOCK`
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ def find_root(start: Path | None = None) -> Path:
 def open_repo(root: Path) -> Repo:
     from dvc.repo import Repo
 
+    # Importing DVC installs its own INFO-level console handlers; Loom reports for itself.
+    logging.getLogger("dvc").setLevel(logging.WARNING)
     return Repo(str(root))
 
 
@@ -102,16 +105,8 @@ def spec_of(repo: Repo, stage: DvcStage) -> StageSpec:
 
 
 def pipeline_stages(repo: Repo) -> list[DvcStage]:
-    """All pipeline stages (dvc.yaml stages, not `.dvc` data sources), in topological order."""
-    import networkx as nx
-    from dvc.stage import PipelineStage
-
-    graph = repo.index.graph
-    # DVC edges point from a stage to the stages it depends on.
-    order = list(
-        reversed(list(nx.lexicographical_topological_sort(graph, key=lambda s: s.addressing)))
-    )
-    return [s for s in order if isinstance(s, PipelineStage)]
+    """All pipeline stages (not `.dvc` data sources), in the order `dvc repro` runs them."""
+    return select(repo, [])
 
 
 def load_spec(root: Path, name: str) -> StageSpec:
@@ -130,27 +125,18 @@ def load_spec(root: Path, name: str) -> StageSpec:
 
 
 def select(repo: Repo, targets: list[str]) -> list[DvcStage]:
-    """Stages to run for `targets` (names or foreach/matrix group names) plus their upstream,
-    in topological order; all pipeline stages when `targets` is empty."""
-    import networkx as nx
+    """Stages to run for `targets` (names or foreach/matrix group names; all of dvc.yaml when
+    empty) plus their upstream, planned exactly as `dvc repro TARGETS` plans them."""
+    from dvc.exceptions import DvcException
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+    from dvc.stage import PipelineStage
 
-    ordered = pipeline_stages(repo)
-    if not targets:
-        return ordered
-    names = {s.addressing for s in ordered}
-    wanted: set = set()
-    for target in targets:
-        hits = [
-            s for s in ordered if s.addressing == target or s.addressing.split("@")[0] == target
-        ]
-        if not hits:
-            raise ProjectError(
-                f"dvc.yaml: no stage or stage group named {target!r}; stages are {sorted(names)}"
-            )
-        for stage in hits:
-            wanted.add(stage)
-            wanted.update(nx.descendants(repo.index.graph, stage))
-    return [s for s in ordered if s in wanted]
+    try:
+        stages = collect_stages(repo, targets or ["dvc.yaml"])
+    except DvcException as err:
+        raise ProjectError(f"dvc.yaml: {err}") from None
+    steps = plan_repro(get_active_graph(repo.index.graph), stages)
+    return [s for s in steps if isinstance(s, PipelineStage)]
 
 
 def changed(stage: DvcStage) -> bool:
@@ -159,8 +145,29 @@ def changed(stage: DvcStage) -> bool:
         return stage.changed()
 
 
-def commit(root: Path, name: str) -> None:
-    """Record a finished stage in dvc.lock and the DVC cache, exactly as `dvc repro` does."""
+def locked_stages(root: Path) -> list[str]:
+    """Stage names in dvc.lock, in file order."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((Path(root) / "dvc.lock").read_text()) or {}
+    except FileNotFoundError:
+        return []
+    return list(data.get("stages") or {})
+
+
+def commit(
+    root: Path, name: str, plan: list[str] | None = None, keep: list[str] | None = None
+) -> None:
+    """Record a finished stage in dvc.lock and the DVC cache, exactly as `dvc repro` does.
+
+    DVC appends a new stage's entry when it finishes, so concurrent runs would order dvc.lock
+    by finishing time. With `plan` (the run's stage order) and `keep` (entries present before
+    the run), entries are put where a sequential `dvc repro` would have put them: earlier
+    entries first, in place, then new ones in plan order.
+    """
+    from dvc.utils.serialize import modify_yaml
+
     with DVC_LOCK:
         repo = open_repo(root)
         try:
@@ -169,6 +176,17 @@ def commit(root: Path, name: str) -> None:
                 stage.save()
                 stage.commit()
                 stage.dump(update_pipeline=False)
+                if plan is not None:
+                    rank: dict[str, int] = {}
+                    for n in [*(keep or []), *plan]:
+                        rank.setdefault(n, len(rank))
+                    with modify_yaml(os.path.join(repo.root_dir, "dvc.lock")) as data:
+                        entries = data["stages"]
+                        ordered = sorted(entries, key=lambda n: rank.get(n, len(rank)))
+                        if ordered != list(entries):
+                            items = [(n, entries[n]) for n in ordered]
+                            entries.clear()
+                            entries.update(items)
         finally:
             repo.close()
 

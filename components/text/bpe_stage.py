@@ -154,4 +154,5 @@ STAGE = Stage(
     inputs=("corpus",),
     outputs=("tokenizer",),
     run=_run,
+    key_metrics=("vocab_size", "val_bytes_per_token", "unique_words"),
 )

@@ -443,4 +443,5 @@ STAGE = Stage(
     inputs=("sources",),
     outputs=("corpus",),
     run=_run,
+    key_metrics=("kept", "duplicates", "train_bytes"),
 )

@@ -227,4 +227,5 @@ STAGE = Stage(
     inputs=(),
     outputs=("raw",),
     run=_run,
+    key_metrics=("documents", "bytes"),
 )

@@ -109,4 +109,5 @@ STAGE = Stage(
     inputs=("corpus", "tokenizer"),
     outputs=("tokens",),
     run=_run,
+    key_metrics=("num_tokens_train", "num_tokens_val", "bytes_per_token"),
 )
