@@ -130,14 +130,41 @@ def test_failure_stops_downstream_and_keeps_outputs(project, prefect_server, exp
     assert (project / "data" / "corpus" / "train.parquet").read_bytes() == corpus_before
 
 
-def test_retries_are_configured_in_params(project, prefect_server, experiment, capsys):
+FLAKY_STAGE = """
+  flaky:
+    cmd: >-
+      test -f attempted || { touch attempted; echo "flaky: error: transient"; exit 1; };
+      echo ok > flaky.txt
+    outs:
+      - flaky.txt
+"""
+
+
+@pytest.mark.parametrize(("retries", "expected"), [(0, "failed"), (1, "ran")])
+def test_retries_are_configured_per_stage_in_params(
+    project, prefect_server, experiment, capsys, retries, expected
+):
+    with (project / "dvc.yaml").open("a") as f:
+        f.write(FLAKY_STAGE)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["loom"]["stage_retries"] = {"corpus": 1}
-    params["corpus"]["bogus"] = 1
+    params["loom"]["stage_retries"] = {"flaky": retries}
+    params["loom"]["retry_delay_seconds"] = 0
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    rc, out, err = loom_run(project, capsys)
-    # Config errors are caught before any task runs: no retries are spent on them.
-    assert rc == 1 and "corpus.bogus" in err
+    rc, out, err = loom_run(project, capsys, "flaky")
+    assert (rc == 0) == (expected == "ran"), err
+    assert (
+        next(line for line in out.splitlines() if line.startswith("flaky")).split()[1] == expected
+    )
+    assert (project / "flaky.txt").exists() == (expected == "ran")
+
+
+def test_config_errors_stop_the_flow_before_any_stage(project, prefect_server, experiment, capsys):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tokenize"]["bogus"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    rc, out, err = loom_run(project, capsys, "--force")
+    assert rc == 1 and "tokenize.bogus" in err
+    assert statuses(out) == {}  # no stage ran, not even the valid upstream ones
 
 
 def test_every_stage_run_carries_lineage(tmp_path, prefect_server, experiment, capsys):
