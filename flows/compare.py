@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,23 +28,30 @@ def recent_runs(root: Path, last: int = 20, stage: str | None = None) -> list[An
     """Most recent stage runs (pipeline parent runs excluded), newest first."""
     client = _client(root)
     exp = client.get_experiment_by_name(
-        tracking.os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
+        os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
     )
     if exp is None:
         return []
-    query = "tags.`loom.stage` != ''"
-    if stage:
-        query = (
-            f"tags.`loom.stage` = '{stage}'"
-            if "@" in stage
-            else f"tags.`loom.stage` LIKE '{stage}%'"
-        )
-    return client.search_runs(
-        [exp.experiment_id], query, max_results=last, order_by=["attributes.start_time DESC"]
+    # A stage ("bpe@small") or a foreach/matrix group ("bpe"); MLflow search has no OR.
+    query = f"tags.`loom.stage` LIKE '{stage}%'" if stage else "tags.`loom.stage` != ''"
+    runs = client.search_runs(
+        [exp.experiment_id],
+        query,
+        max_results=max(last * 4, 100),
+        order_by=["attributes.start_time DESC"],
     )
+    if stage:
+        runs = [
+            r
+            for r in runs
+            if r.data.tags["loom.stage"] in (stage,)
+            or r.data.tags["loom.stage"].startswith(f"{stage}@")
+        ]
+    return runs[:last]
 
 
-def _table(rows: list[list[str]]) -> str:
+def table(rows: list[list[str]]) -> str:
+    """Left-aligned columns, a rule under the header row."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -68,7 +76,7 @@ def format_runs(runs: list[Any]) -> str:
                 shown,
             ]
         )
-    return _table(rows)
+    return table(rows)
 
 
 def compare_rows(runs: list[Any]) -> list[tuple[str, list[str], bool]]:
@@ -99,7 +107,7 @@ def format_compare(runs: list[Any]) -> str:
     rows = [header] + [
         ["*" if differs else "", label, *values] for label, values, differs in compare_rows(runs)
     ]
-    return _table(rows) + "\n(* = differs between runs)"
+    return table(rows) + "\n(* = differs between runs)"
 
 
 def get_runs(root: Path, run_ids: list[str]) -> list[Any]:

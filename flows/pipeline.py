@@ -25,6 +25,7 @@ from prefect.states import Completed
 from components import registry
 from components.config import build, require
 from flows import params, project, stage_runner, tracking
+from flows.compare import table
 
 
 @dataclass
@@ -252,7 +253,7 @@ def _end_parent_run(root: Path, run_id: str, reports: list[StageReport]) -> None
 
 def format_summary(reports: list[StageReport]) -> str:
     """A plain table: stage, status, duration, key metrics, MLflow run id."""
-    rows = [("stage", "status", "time", "key metrics", "mlflow run")]
+    rows = [["stage", "status", "time", "key metrics", "mlflow run"]]
     for r in reports:
         keys = [k for k in r.key_metrics if k in r.metrics] or [
             k for k in r.metrics if not k.endswith("seconds")
@@ -260,11 +261,6 @@ def format_summary(reports: list[StageReport]) -> str:
         shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys)
         secs = f"{r.seconds:.1f}s" if r.status == "ran" else "-"
         rows.append(
-            (r.stage, r.status, secs, shown or (r.error[:60] if r.error else "-"), r.run_id or "-")
+            [r.stage, r.status, secs, shown or (r.error[:60] if r.error else "-"), r.run_id or "-"]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return table(rows)

@@ -198,3 +198,8 @@ def test_every_stage_run_carries_lineage(tmp_path, prefect_server, experiment, c
     assert {i.dataset.name for i in corpus.inputs.dataset_inputs} >= {"sources", "corpus"}
     curve = client.get_metric_history(stages["bpe@small"].info.run_id, "merge_count")
     assert len(curve) > 10 and curve[0].value >= curve[-1].value
+    # `loom runs` lists them, newest first, with their MLflow ids.
+    with contextlib.chdir(root):
+        assert cli.main(["runs", "--last", "6"]) == 0
+    listed = capsys.readouterr().out.splitlines()[2:]
+    assert {line.split()[0] for line in listed} == {r.info.run_id for r in stages.values()}
