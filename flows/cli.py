@@ -17,15 +17,17 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows import params, pipeline, project, tracking
+    from flows import pipeline, project, tracking
 
     root = project.find_root()
-    overrides = [o for f in args.params_file for o in params.overlay_overrides(root, f)]
-    overrides += args.set_param
     flow = pipeline.pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs))
     try:
         reports = flow(
-            targets=args.stages, overrides=args.set_param, force=args.force, root=str(root)
+            targets=args.stages,
+            overrides=args.set_param,
+            params_files=[str(f) for f in args.params_file],
+            force=args.force,
+            root=str(root),
         )
     except Exception as err:  # the flow already logged details; end with the reason
         print(f"loom run: error: {err}", file=sys.stderr)

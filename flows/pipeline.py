@@ -127,7 +127,13 @@ def _read_metrics(root: Path, spec: project.StageSpec) -> dict[str, float]:
 
 @task(task_run_name="{name}")
 def run_stage_task(
-    root: str, name: str, force: bool, parent_run_id: str, flow_run_id: str, lock_order: list[str]
+    root: str,
+    name: str,
+    force: bool,
+    parent_run_id: str,
+    flow_run_id: str,
+    lock_order: list[str],
+    tags: dict[str, str],
 ):
     """Skip if DVC says unchanged; else run the cmd and commit the stage to dvc.lock."""
     logger = get_run_logger()
@@ -148,7 +154,9 @@ def run_stage_task(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="loom-run-") as tmp:
         info = Path(tmp) / "run.json"
-        rc, tail = _run_cmd(spec, _stage_env(rootp, name, parent_run_id, flow_run_id, info), logger)
+        env = _stage_env(rootp, name, parent_run_id, flow_run_id, info)
+        env[tracking.EXTRA_TAGS_ENV] = json.dumps(tags)
+        rc, tail = _run_cmd(spec, env, logger)
         if rc != 0:
             raise StageFailed(_reason(name, rc, tail))
         run_info = json.loads(info.read_text()) if info.exists() else {}
@@ -171,12 +179,23 @@ def pipeline(
     overrides: list[str] | None = None,
     force: bool = False,
     root: str | None = None,
+    pull: bool = False,
+    push: bool = False,
+    tags: dict[str, str] | None = None,
+    params_files: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the dvc.yaml DAG (or `targets` and their upstream) as Prefect tasks."""
+    """Run the dvc.yaml DAG (or `targets` and their upstream) as Prefect tasks.
+
+    pull: first fetch inputs and earlier outputs from the DVC remote (a fresh worker clone).
+    push: after every stage succeeded, upload the outputs to the DVC remote.
+    tags: extra MLflow tags for the pipeline run and every stage run (e.g. a sweep id).
+    params_files: params overlays (e.g. params.gpu.yaml) merged before `overrides`.
+    """
     from prefect.runtime import flow_run
 
     rootp = project.find_root(Path(root) if root else None)
-    params.apply_overrides(rootp, list(overrides or []))
+    overlays = [o for f in params_files or [] for o in params.overlay_overrides(rootp, rootp / f)]
+    params.apply_overrides(rootp, overlays + list(overrides or []))
     orchestration = build(
         Orchestration, params.load(rootp).get(params.LOOM_SECTION), where="params.yaml: loom"
     )
@@ -187,18 +206,31 @@ def pipeline(
         finally:
             repo.close()
     _validate(rootp, specs)
+    names = [s.name for s in specs]
+    if pull:
+        print(f"dvc pull: {project.pull(rootp, names)} file(s) fetched")
 
     # dvc.lock order as a sequential `dvc repro` would leave it (see project.commit).
     lock_order = project.locked_stages(rootp) + [s.name for s in specs]
     flow_run_id = str(flow_run.id or "")
-    parent = _start_parent_run(rootp, flow_run_id, targets, force)
+    extra_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    parent = _start_parent_run(rootp, flow_run_id, targets, force, extra_tags)
     futures: dict[str, Any] = {}
     for spec in specs:
         upstream = [futures[u] for u in spec.upstream if u in futures]
         retries = orchestration.retries_for(spec.name)
         futures[spec.name] = run_stage_task.with_options(
             retries=retries, retry_delay_seconds=orchestration.retry_delay_seconds
-        ).submit(str(rootp), spec.name, force, parent, flow_run_id, lock_order, wait_for=upstream)
+        ).submit(
+            str(rootp),
+            spec.name,
+            force,
+            parent,
+            flow_run_id,
+            lock_order,
+            extra_tags,
+            wait_for=upstream,
+        )
 
     reports = [_report(name, fut) for name, fut in futures.items()]
     _end_parent_run(rootp, parent, reports)
@@ -206,6 +238,8 @@ def pipeline(
     failed = [r for r in reports if r.status == "failed"]
     if failed:
         raise StageFailed("; ".join(r.error for r in failed))
+    if push:
+        print(f"dvc push: {project.push(rootp, names)} file(s) uploaded")
     return [asdict(r) for r in reports]
 
 
@@ -222,7 +256,9 @@ def _report(name: str, future: Any) -> StageReport:
     return StageReport(name, "not run", error="an upstream stage failed")
 
 
-def _start_parent_run(root: Path, flow_run_id: str, targets: list[str] | None, force: bool) -> str:
+def _start_parent_run(
+    root: Path, flow_run_id: str, targets: list[str] | None, force: bool, extra: dict[str, str]
+) -> str:
     import mlflow
 
     experiment_id = tracking.setup(root)
@@ -231,6 +267,7 @@ def _start_parent_run(root: Path, flow_run_id: str, targets: list[str] | None, f
         "prefect.flow_run_id": flow_run_id,
         **{f"loom.{k}": v for k, v in tracking.git_info(root).items()},
         **{f"loom.{k}": v for k, v in tracking.host_info().items()},
+        **extra,
     }
     run = mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name="pipeline")
     mlflow.MlflowClient().log_param(run.info.run_id, "targets", json.dumps(list(targets or [])))

@@ -211,3 +211,48 @@ def digests(root: Path, paths: list[str]) -> dict[str, str]:
         finally:
             repo.close()
     return out
+
+
+REMOTE_ENV = "LOOM_DVC_REMOTE"  # a worker's DVC remote URL, set by the deployment's job variables
+
+
+def _remote(repo: Repo) -> str | None:
+    """The remote named by $LOOM_DVC_REMOTE (registered in the workspace's local config)."""
+    url = os.environ.get(REMOTE_ENV, "").strip()
+    if not url:
+        return None
+    with repo.config.edit("local") as conf:
+        conf["remote"]["loom-env"] = {"url": url}
+    return "loom-env"
+
+
+def pull(root: Path, targets: list[str]) -> int:
+    """Fetch and check out what `targets` (stage names) depend on and produce, from the DVC
+    remote; whatever the remote lacks is left for the stages to make. Returns files fetched."""
+    from dvc.exceptions import CheckoutError
+
+    with DVC_LOCK:
+        repo = open_repo(root)
+        try:
+            try:  # repo.pull takes DVC's repo lock itself
+                return repo.pull(
+                    targets=targets or None,
+                    with_deps=True,
+                    allow_missing=True,
+                    remote=_remote(repo),
+                )
+            except CheckoutError:  # outputs never pushed yet: the stages will make them
+                return 0
+        finally:
+            repo.close()
+
+
+def push(root: Path, targets: list[str]) -> int:
+    """Upload the committed outputs of `targets` to the DVC remote. Only committed (cached)
+    outputs exist to push, so nothing half-written can leave the machine."""
+    with DVC_LOCK:
+        repo = open_repo(root)
+        try:
+            return repo.push(targets=targets or None, with_deps=True, remote=_remote(repo))
+        finally:
+            repo.close()

@@ -89,6 +89,7 @@ def run_stage(root: Path, name: str) -> Outcome:
         **{f"loom.{k}": v for k, v in tracking.host_info().items()},
         **{f"dvc.dep.{p}": d for p, d in project.digests(root, spec.deps).items()},
     }
+    tags.update(tracking.extra_tags())
     if os.environ.get(tracking.FLOW_RUN_ENV):
         tags["prefect.flow_run_id"] = os.environ[tracking.FLOW_RUN_ENV]
     parent = os.environ.get(tracking.PARENT_RUN_ENV) or None

@@ -23,6 +23,7 @@ EXPERIMENT_ENV = "LOOM_EXPERIMENT"
 DEFAULT_EXPERIMENT = "loom"
 PARENT_RUN_ENV = "LOOM_MLFLOW_PARENT_RUN_ID"
 FLOW_RUN_ENV = "LOOM_PREFECT_FLOW_RUN_ID"
+EXTRA_TAGS_ENV = "LOOM_RUN_TAGS"  # JSON object of extra tags for every run (e.g. a sweep id)
 # Never logged as params, whatever section they appear in.
 _SECRET_KEY = re.compile(
     r"(^|[._])(secret|password|passwd|api_?key|access_?key|auth_?token|credentials?)($|[._])", re.I
@@ -130,3 +131,15 @@ def log_curves(client: Any, run_id: str, curves: dict[str, list[tuple[int, float
     points = [Metric(k, float(v), now, int(s)) for k, series in curves.items() for s, v in series]
     for i in range(0, len(points), 1000):
         client.log_batch(run_id, metrics=points[i : i + 1000])
+
+
+def extra_tags() -> dict[str, str]:
+    """Tags the launcher asked every stage run to carry ($LOOM_RUN_TAGS, a JSON object)."""
+    raw = os.environ.get(EXTRA_TAGS_ENV, "")
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        raise TrackingError(f"${EXTRA_TAGS_ENV} is not a JSON object: {raw!r}") from None
+    if not isinstance(data, dict):
+        raise TrackingError(f"${EXTRA_TAGS_ENV} is not a JSON object: {raw!r}")
+    return {str(k): str(v) for k, v in data.items()}

@@ -1,0 +1,111 @@
+"""`loom deploy`: `prefect deploy --all` for this project, after the checks that make it safe.
+
+Each deployment runs an exact git commit: the pull steps in prefect.yaml clone this repository
+at the commit deployed (`$LOOM_GIT_COMMIT`, also the deployment's version), so a schedule's
+history maps to exact code, and every MLflow run it produces carries that commit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows import tracking
+
+
+class DeployError(RuntimeError):
+    """Prefect server unreachable, a work pool missing, or prefect.yaml unreadable."""
+
+
+def api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise DeployError(
+            "PREFECT_API_URL is not set: deployments need a running Prefect server. Start one "
+            "(`loom services up`) and `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
+        )
+    return url
+
+
+def check_server(url: str, timeout: float = 5.0) -> None:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise DeployError(
+        f"Prefect server {url} is unreachable ({problem}). Start it with `loom services up` "
+        f"(or `prefect server start --host 127.0.0.1`)."
+    )
+
+
+def deployments(root: Path) -> list[dict[str, Any]]:
+    path = root / "prefect.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise DeployError(f"{path}: cannot read deployments: {err}") from None
+    found = data.get("deployments") or []
+    if not found:
+        raise DeployError(f"{path}: no deployments declared")
+    return found
+
+
+def missing_pools(names: set[str]) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    missing = []
+    with get_client(sync_client=True) as client:
+        for name in sorted(names):
+            try:
+                client.read_work_pool(name)
+            except ObjectNotFound:
+                missing.append(name)
+    return missing
+
+
+def deploy(root: Path, names: list[str] | None = None) -> int:
+    """Check, then deploy every deployment in prefect.yaml (or those in `names`)."""
+    url = api_url()
+    check_server(url)
+    declared = deployments(root)
+    chosen = [d for d in declared if not names or d.get("name") in names]
+    if names and len(chosen) != len(names):
+        known = [d.get("name") for d in declared]
+        raise DeployError(
+            f"prefect.yaml: no deployment named {sorted(set(names) - set(known))}; have {known}"
+        )
+    pools = {d["work_pool"]["name"] for d in chosen if d.get("work_pool")}
+    missing = missing_pools(pools)
+    if missing:
+        raise DeployError(
+            f"work pool(s) {missing} do not exist on {url}: create them with `loom services up` "
+            f"or `prefect work-pool create NAME --type process`."
+        )
+    git = tracking.git_info(root)
+    if git["git.dirty"] == "true":
+        print(
+            "loom deploy: warning: uncommitted changes are not deployed; deployments run "
+            f"commit {git['git.commit'][:12]}",
+            file=sys.stderr,
+        )
+    env = dict(os.environ)
+    env.setdefault("LOOM_PROJECT_REPO", str(root))
+    env["LOOM_GIT_COMMIT"] = git["git.commit"]
+    env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(root))
+    env.setdefault("LOOM_DVC_REMOTE", "")
+    cmd = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy"]
+    cmd += [f"--name={d['name']}" for d in chosen] if names else ["--all"]
+    return subprocess.run(cmd, cwd=root, env=env).returncode
