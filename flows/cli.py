@@ -80,6 +80,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from flows import deploy, project
+
+    try:
+        return deploy.deploy(project.find_root(), args.names or None)
+    except deploy.DeployError as err:
+        print(f"loom deploy: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from flows import project, pull
+
+    try:
+        run_id, files = pull.pull_run(project.find_root(), args.run, args.stages)
+    except pull.PullError as err:
+        print(f"loom pull: error: {err}", file=sys.stderr)
+        return 1
+    print(f"loom pull: outputs of pipeline run {run_id}: {files} file(s) fetched")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from flows import project, tracking
 
@@ -135,6 +157,15 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--last", type=int)
     cp.add_argument("--stage")
     cp.set_defaults(func=_cmd_compare)
+
+    d = sub.add_parser("deploy", help="check server and pools, then deploy prefect.yaml")
+    d.add_argument("names", nargs="*", help="deployments to deploy (default: all)")
+    d.set_defaults(func=_cmd_deploy)
+
+    pl = sub.add_parser("pull", help="fetch the outputs of a pipeline run (default: newest pushed)")
+    pl.add_argument("stages", nargs="*", help="only these stages' outputs")
+    pl.add_argument("--run", help="MLflow id of the pipeline (parent) run")
+    pl.set_defaults(func=_cmd_pull)
 
     u = sub.add_parser("ui", help="print the commands that open the MLflow and Prefect UIs")
     u.set_defaults(func=_cmd_ui)

@@ -233,13 +233,17 @@ def pipeline(
         )
 
     reports = [_report(name, fut) for name, fut in futures.items()]
-    _end_parent_run(rootp, parent, reports)
-    print(format_summary(reports))
     failed = [r for r in reports if r.status == "failed"]
+    pushed = False if push else None  # None: not asked to push
+    try:
+        if push and not failed:  # only a fully successful run publishes its outputs
+            print(f"dvc push: {project.push(rootp, names)} file(s) uploaded")
+            pushed = True
+    finally:
+        _end_parent_run(rootp, parent, reports, pushed)
+    print(format_summary(reports))
     if failed:
         raise StageFailed("; ".join(r.error for r in failed))
-    if push:
-        print(f"dvc push: {project.push(rootp, names)} file(s) uploaded")
     return [asdict(r) for r in reports]
 
 
@@ -275,17 +279,26 @@ def _start_parent_run(
     return run.info.run_id
 
 
-def _end_parent_run(root: Path, run_id: str, reports: list[StageReport]) -> None:
+def _end_parent_run(
+    root: Path, run_id: str, reports: list[StageReport], pushed: bool | None
+) -> None:
+    """Counts, the summary, and dvc.lock: with it, `loom pull --run ID` fetches exactly the
+    outputs this run produced, wherever it ran (a worker's clone is thrown away)."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    if (root / "dvc.lock").exists():
+        client.log_artifact(run_id, str(root / "dvc.lock"))
+    if pushed is not None:
+        client.set_tag(run_id, "loom.dvc_pushed", str(pushed).lower())
     counts = {
         s: sum(r.status == s for r in reports) for s in ("ran", "skipped", "failed", "not run")
     }
     for status, n in counts.items():
         client.log_metric(run_id, f"stages_{status.replace(' ', '_')}", n)
     client.log_dict(run_id, [asdict(r) for r in reports], "summary.json")
-    client.set_terminated(run_id, "FAILED" if counts["failed"] else "FINISHED")
+    ok = not counts["failed"] and pushed is not False
+    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
 def format_summary(reports: list[StageReport]) -> str:

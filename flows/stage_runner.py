@@ -152,10 +152,9 @@ def _log_dataset(
     """Record a data set by reference with its DVC digest (its content address in the cache)."""
     import warnings
 
+    import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-
-    import mlflow
 
     if not path.exists():
         return

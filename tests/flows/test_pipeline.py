@@ -7,10 +7,10 @@ import contextlib
 import os
 import shutil
 
+import mlflow
 import pytest
 import yaml
 
-import mlflow
 from flows import cli
 from tests.conftest import dvc, make_project
 

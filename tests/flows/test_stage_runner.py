@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
-import mlflow
 from flows import atomic
 from tests.conftest import loom
 

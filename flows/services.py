@@ -1,0 +1,679 @@
+"""Local Loom services as real processes: `loom services up | down | status`.
+
+`up` starts a Prefect server, an MLflow tracking server and, on request, Prefect process
+workers. Each runs detached in its own session (so `down` can signal its whole process group),
+with stdin from /dev/null and its output in its own log. One state dir holds everything:
+
+    services.json       what runs (format 1): name, pid, create_time, url, cmd, log, started_at
+    <name>.pid          each service's pid, for other tools
+    logs/<name>.log     each service's stdout and stderr
+    prefect/            the Prefect server's PREFECT_HOME (its SQLite DB: prefect/prefect.db)
+    mlflow.db           the MLflow backend store
+    mlflow-artifacts/   artifacts that clients log through the MLflow server
+
+A record counts as running only while its pid belongs to a process with the recorded
+create_time and cmdline: a pid the kernel has since given to another program is a stale
+record and is never signalled. Services get their settings explicitly: a caller's own
+PREFECT_API_*/PREFECT_SERVER_*/MLFLOW_TRACKING_* settings are not passed on. Each also carries
+LOOM_SERVICES_DIR=<state dir>, which its children inherit; `down` stops those too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import http.client
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+FORMAT = 1
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PREFECT_PORT = 4200
+DEFAULT_MLFLOW_PORT = 5000
+POOLS = ("cpu", "gpu")
+NOT_HEALTHY_EXIT = 3
+MARKER_ENV = "LOOM_SERVICES_DIR"
+# Caller settings that would point a service at some other server, home or store.
+_FOREIGN_ENV = (
+    "PREFECT_API_",
+    "PREFECT_SERVER_",
+    "PREFECT_UI_",
+    "PREFECT_HOME",
+    "PREFECT_PROFILE",
+    "MLFLOW_TRACKING_",
+    "MLFLOW_REGISTRY_",
+)
+# Popen objects of the services this process started, kept so that a long-lived caller (a
+# test session) can reap them in `_stop` and Python does not warn that they still run.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+# Health checks go straight to the services, never through a proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ServicesError(RuntimeError):
+    """A service did not come up, or the request cannot be met (e.g. a port is taken)."""
+
+
+@dataclass
+class Service:
+    """One started process, as recorded in services.json."""
+
+    name: str  # prefect | mlflow | worker-<pool> | worker-gpu-<i>
+    pid: int
+    create_time: float  # psutil's; tells our process from a later one given the same pid
+    url: str  # servers: their base URL; workers: the Prefect API they poll
+    cmd: list[str]
+    log: str
+    started_at: str  # ISO 8601, UTC
+    pool: str | None = None  # workers only
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int
+    state: Literal["running", "stopped", "unhealthy"]
+    url: str
+    log: str
+
+
+@dataclass
+class _Spec:
+    """A service to start."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    url: str
+    port: int | None = None
+    pool: str | None = None
+
+
+def default_state_dir() -> Path:
+    """$LOOM_STATE_DIR, else `<project root>/.loom/services` (the working dir outside one)."""
+    if os.environ.get("LOOM_STATE_DIR"):
+        return Path(os.environ["LOOM_STATE_DIR"])
+    from flows.project import ProjectError, find_root
+
+    try:
+        root = find_root()
+    except ProjectError:
+        root = Path.cwd()
+    return root / ".loom" / "services"
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+def _load(state_dir: Path) -> list[Service]:
+    path = state_dir / "services.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise ServicesError(f"{path}: format {data.get('format')!r}, expected {FORMAT}")
+    return [Service(**s) for s in data["services"]]
+
+
+def _save(state_dir: Path, services: Iterable[Service]) -> None:
+    """Write services.json and one <name>.pid per service; remove other pid files."""
+    services = list(services)
+    tmp = state_dir / "services.json.tmp"
+    tmp.write_text(
+        json.dumps({"format": FORMAT, "services": [asdict(s) for s in services]}, indent=2) + "\n"
+    )
+    os.replace(tmp, state_dir / "services.json")
+    names = {s.name for s in services}
+    for pid_file in state_dir.glob("*.pid"):
+        if pid_file.stem not in names:
+            pid_file.unlink()
+    for svc in services:
+        (state_dir / f"{svc.name}.pid").write_text(f"{svc.pid}\n")
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """One `up`/`down` at a time per state dir: two concurrent `up`s would start duplicates."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _process(svc: Service) -> psutil.Process | None:
+    """The live process behind a record; None when it is gone or its pid was reused."""
+    try:
+        proc = psutil.Process(svc.pid)
+        same = abs(proc.create_time() - svc.create_time) < 0.01 and proc.cmdline() == svc.cmd
+        return proc if same and proc.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:  # gone, a zombie, or another user's process
+        return None
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def _post_json(url: str, body: bytes) -> Any:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(req, timeout=5) as resp:
+            return json.load(resp) if resp.status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+
+
+def _worker_name(service_name: str) -> str:
+    return f"loom-{service_name}"
+
+
+def _worker_online(svc: Service) -> bool:
+    """Registered in its pool with a heartbeat sent since this process started."""
+    pool = urllib.parse.quote(svc.pool or "")
+    workers = _post_json(f"{svc.url}/work_pools/{pool}/workers/filter", b"{}") or []
+    return any(
+        w.get("name") == _worker_name(svc.name)
+        and w.get("status") == "ONLINE"
+        and dt.datetime.fromisoformat(
+            w.get("last_heartbeat_time") or "1970-01-01T00:00:00Z"
+        ).timestamp()
+        >= svc.create_time - 2
+        for w in workers
+    )
+
+
+def _healthy(svc: Service) -> bool:
+    if svc.pool is not None:
+        return _worker_online(svc)
+    path = "/api/health" if svc.name == "prefect" else "/health"
+    try:
+        with _OPENER.open(svc.url + path, timeout=5) as resp:
+            return resp.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def _port_taken(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # Bind as the servers do: connections lingering in TIME_WAIT leave a port usable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- what to start -------------------------------------------------------------------------
+
+
+def _url(host: str, port: int) -> str:
+    """Where clients on this machine reach a server bound to `host` (wildcard -> loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _env(state_dir: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_ENV)}
+    no_proxy = [v for v in (env.get("NO_PROXY"), "127.0.0.1,localhost,::1") if v]
+    env.update(
+        {
+            MARKER_ENV: str(state_dir),
+            "PREFECT_HOME": str(state_dir / "prefect"),
+            "PYTHONUNBUFFERED": "1",  # logs current while a service runs
+            "NO_PROXY": ",".join(no_proxy),
+        }
+    )
+    env.update(settings)
+    return env
+
+
+def _server_specs(state_dir: Path, host: str, prefect_port: int, mlflow_port: int) -> list[_Spec]:
+    py = sys.executable
+    prefect_cmd = [py, "-m", "prefect", "server", "start", "--host", host]
+    mlflow_cmd = [py, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port)]
+    mlflow_cmd += [
+        "--backend-store-uri",
+        f"sqlite:///{state_dir / 'mlflow.db'}",
+        # Served through the server (mlflow-artifacts:/ URIs), so clients need no file access.
+        "--artifacts-destination",
+        str(state_dir / "mlflow-artifacts"),
+        # One uvicorn process serves one machine's stages; the default 4 cost 4x the memory.
+        "--workers",
+        "1",
+    ]
+    return [
+        _Spec(
+            "prefect",
+            [*prefect_cmd, "--port", str(prefect_port)],
+            _env(
+                state_dir,
+                PREFECT_SERVER_API_HOST=host,
+                PREFECT_SERVER_API_PORT=str(prefect_port),
+                PREFECT_SERVER_ANALYTICS_ENABLED="false",  # nothing leaves the machine
+            ),
+            _url(host, prefect_port),
+            port=prefect_port,
+        ),
+        _Spec(
+            "mlflow",
+            mlflow_cmd,
+            # The GenAI job runner forks a dozen consumers; Loom submits no jobs.
+            _env(state_dir, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            _url(host, mlflow_port),
+            port=mlflow_port,
+        ),
+    ]
+
+
+def _worker_specs(
+    state_dir: Path, api_url: str, mlflow_url: str, pools: list[str], gpu_slots: int
+) -> list[_Spec]:
+    """One process worker per pool in `pools`, and one per GPU slot on pool `gpu`.
+
+    CPU workers see no GPU, so their flow runs never contend with a GPU slot. GPU slot i sees
+    only device i and runs one flow run at a time (--limit 1): one GPU never runs two.
+    """
+    workers = [(f"worker-{p}", p, "", []) for p in dict.fromkeys(pools)]
+    workers += [(f"worker-gpu-{i}", "gpu", str(i), ["--limit", "1"]) for i in range(gpu_slots)]
+    specs = []
+    for name, pool, devices, extra in workers:
+        cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
+        cmd += ["--type", "process", "--name", _worker_name(name), *extra]
+        env = _env(
+            state_dir,
+            PREFECT_API_URL=api_url,
+            MLFLOW_TRACKING_URI=mlflow_url,
+            CUDA_VISIBLE_DEVICES=devices,
+        )
+        specs.append(_Spec(name, cmd, env, api_url, pool=pool))
+    return specs
+
+
+def _ensure_pools(api_url: str, names: Iterable[str]) -> None:
+    """Create the process work pools that do not exist yet."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    with SyncPrefectClient(api=api_url) as client:
+        for name in names:
+            try:
+                client.read_work_pool(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):  # created meanwhile
+                    pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
+                    client.create_work_pool(pool)
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def _start(state_dir: Path, spec: _Spec) -> Service:
+    log = state_dir / "logs" / f"{spec.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    with log.open("a") as out:
+        out.write(f"--- {started_at} {shlex.join(spec.cmd)}\n")
+        out.flush()
+        # Own session: no controlling terminal, and `down` signals the whole group.
+        proc = subprocess.Popen(
+            spec.cmd,
+            env=spec.env,
+            cwd=state_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    create_time = psutil.Process(proc.pid).create_time()
+    return Service(
+        spec.name, proc.pid, create_time, spec.url, spec.cmd, str(log), started_at, spec.pool
+    )
+
+
+def _terminate(procs: list[psutil.Process], grace: float, group: int | None = None) -> None:
+    """SIGTERM `procs` (process group `group` in one go), SIGKILL those left after `grace` s."""
+    if group is not None:
+        with contextlib.suppress(OSError):
+            os.killpg(group, signal.SIGTERM)
+    for proc in procs:
+        # Not twice to group members: a second SIGTERM makes a Prefect worker skip its
+        # graceful shutdown.
+        with contextlib.suppress(psutil.Error, OSError):
+            if group is None or os.getpgid(proc.pid) != group:
+                proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)  # also reaps our own children
+    if alive:
+        if group is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _group(pid: int) -> list[psutil.Process]:
+    """Process group `pid`, and descendants of `pid` that left it (own sessions)."""
+    procs = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == pid:
+                procs[proc.pid] = proc
+    with contextlib.suppress(psutil.Error):
+        procs.update((p.pid, p) for p in psutil.Process(pid).children(recursive=True))
+    return list(procs.values())
+
+
+def _stop(svc: Service, grace: float) -> None:
+    child = _CHILDREN.pop(svc.pid, None)
+    # A child of this process keeps its pid until reaped, even after it exits, so its group is
+    # still the one it started; any other record must prove it is still the same process.
+    if child is not None or _process(svc) is not None:
+        _terminate(_group(svc.pid), grace, group=svc.pid)
+    if child is not None:
+        child.poll()  # reap it, if it died before the signal
+
+
+def _strays(state_dir: Path) -> list[psutil.Process]:
+    """Live processes carrying this state dir's marker: the services and what they started."""
+    skip = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid not in skip and proc.environ().get(MARKER_ENV) == str(state_dir):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+    return found
+
+
+def _wait_healthy(services: list[Service], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(services)
+    while True:
+        pending = [s for s in pending if not _healthy(s)]
+        if not pending:
+            return
+        for svc in pending:
+            if _process(svc) is None:
+                raise ServicesError(_failure(svc, "exited while starting"))
+        if time.monotonic() > deadline:
+            raise ServicesError(_failure(pending[0], f"was not healthy after {timeout:.0f} s"))
+        time.sleep(0.25)
+
+
+def _failure(svc: Service, what: str) -> str:
+    if svc.pool is None:
+        where = f" ({svc.url}, port {urllib.parse.urlsplit(svc.url).port})"
+    else:
+        where = f" (pool {svc.pool}, Prefect API {svc.url})"
+    return f"{svc.name}{where} {what}; last lines of {svc.log}:\n{_tail(Path(svc.log))}"
+
+
+def _client_env(live: dict[str, Service]) -> dict[str, str]:
+    env = {}
+    if "prefect" in live:
+        env["PREFECT_API_URL"] = live["prefect"].url + "/api"
+    if "mlflow" in live:
+        env["MLFLOW_TRACKING_URI"] = live["mlflow"].url
+    return env
+
+
+# --- API -----------------------------------------------------------------------------------
+
+
+def up(
+    state_dir: Path,
+    *,
+    host: str = DEFAULT_HOST,
+    prefect_port: int = DEFAULT_PREFECT_PORT,
+    mlflow_port: int = DEFAULT_MLFLOW_PORT,
+    workers: list[str] | None = None,
+    gpu_slots: int = 0,
+    timeout: float = 90.0,
+    grace: float = 10.0,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Start what is not running yet of: both servers, the pools' workers, `gpu_slots` GPU
+    workers; create the `cpu`, `gpu` (and `workers`) process pools; wait until all are healthy.
+
+    Running services are kept as they are (ports included). Returns {"started": [names],
+    "already_running": [names], "env": {"PREFECT_API_URL": ..., "MLFLOW_TRACKING_URI": ...}}.
+    On failure raises ServicesError, naming the service, its port and its log's last lines,
+    after stopping everything this call started.
+    """
+    pools = list(workers or [])
+    if "gpu" in pools:
+        raise ServicesError("pool gpu gets one worker per device: use --gpu-slots N")
+    if gpu_slots < 0:
+        raise ServicesError(f"--gpu-slots must be >= 0, got {gpu_slots}")
+    state_dir = state_dir.resolve()
+    with _locked(state_dir):
+        live = {s.name: s for s in _load(state_dir) if _process(s)}
+        _save(state_dir, live.values())  # forget stale records
+        kept = list(live)
+        started: list[Service] = []
+        try:
+            servers = _server_specs(state_dir, host, prefect_port, mlflow_port)
+            for spec in servers:
+                if spec.name in live and live[spec.name].url != spec.url:
+                    progress(
+                        f"{spec.name} keeps running at {live[spec.name].url}; to move it: down, up"
+                    )
+            todo = [s for s in servers if s.name not in live]
+            for spec in todo:
+                if spec.port is not None and _port_taken(host, spec.port):
+                    raise ServicesError(
+                        f"{spec.name}: port {spec.port} on {host} is already in use by another "
+                        f"program; choose another with --{spec.name}-port or "
+                        f"LOOM_{spec.name.upper()}_PORT"
+                    )
+            _launch(state_dir, todo, live, started, progress)
+            _wait_healthy([live["prefect"], live["mlflow"]], timeout)
+            api_url, mlflow_url = live["prefect"].url + "/api", live["mlflow"].url
+            _ensure_pools(api_url, dict.fromkeys([*POOLS, *pools]))
+            specs = _worker_specs(state_dir, api_url, mlflow_url, pools, gpu_slots)
+            _launch(state_dir, [s for s in specs if s.name not in live], live, started, progress)
+            _wait_healthy([s for s in live.values() if s.pool is not None], timeout)
+        except BaseException:
+            for svc in reversed(started):
+                _stop(svc, grace)
+                live.pop(svc.name)
+            _save(state_dir, live.values())
+            raise
+    return {"started": [s.name for s in started], "already_running": kept, "env": _client_env(live)}
+
+
+def _launch(
+    state_dir: Path,
+    specs: list[_Spec],
+    live: dict[str, Service],
+    started: list[Service],
+    progress: Callable[[str], None],
+) -> None:
+    for spec in specs:
+        svc = _start(state_dir, spec)
+        live[svc.name] = svc
+        started.append(svc)
+        _save(state_dir, live.values())  # recorded at once: `down` finds it even if we die
+        progress(f"started {svc.name} (pid {svc.pid}, log {svc.log})")
+
+
+def down(state_dir: Path, *, grace: float = 10.0) -> list[str]:
+    """Stop every recorded service still running, workers first (so they leave a live server
+    cleanly), then anything left that they started; forget all records. Returns the names
+    of the services stopped."""
+    state_dir = state_dir.resolve()
+    if not state_dir.is_dir():
+        return []
+    with _locked(state_dir):
+        services = sorted(_load(state_dir), key=lambda s: s.pool is None)
+        stopped = [s.name for s in services if _process(s)]
+        for svc in services:
+            _stop(svc, grace)
+        _terminate(_strays(state_dir), grace)
+        _save(state_dir, [])
+    return stopped
+
+
+def status(state_dir: Path) -> list[ServiceStatus]:
+    """Each recorded service: running (healthy), unhealthy (alive, not answering), stopped."""
+    rows = []
+    for svc in _load(state_dir.resolve()):
+        if _process(svc) is None:
+            state = "stopped"
+        else:
+            state = "running" if _healthy(svc) else "unhealthy"
+        rows.append(ServiceStatus(svc.name, svc.pid, state, svc.url, svc.log))
+    return rows
+
+
+def service_env(state_dir: Path) -> dict[str, str]:
+    """PREFECT_API_URL and MLFLOW_TRACKING_URI of the servers running from `state_dir`."""
+    return _client_env({s.name: s for s in _load(state_dir.resolve()) if _process(s)})
+
+
+def format_status(rows: list[ServiceStatus]) -> str:
+    table = [("service", "pid", "state", "url", "log")]
+    table += [(r.name, str(r.pid), r.state, r.url, r.log) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[4]])
+        for row in table
+    )
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def _say(msg: str) -> None:
+    print(f"loom services: {msg}", file=sys.stderr)
+
+
+def _port(value: int | None, env: str, default: int) -> int:
+    raw = value if value is not None else os.environ.get(env, default)
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ServicesError(f"{env}={raw!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ServicesError(f"port {port} is out of range 1-65535")
+    return port
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or default_state_dir()
+    try:
+        result = up(
+            state_dir,
+            host=args.host,
+            prefect_port=_port(args.prefect_port, "LOOM_PREFECT_PORT", DEFAULT_PREFECT_PORT),
+            mlflow_port=_port(args.mlflow_port, "LOOM_MLFLOW_PORT", DEFAULT_MLFLOW_PORT),
+            workers=[p for arg in args.workers for p in arg.split(",") if p],
+            gpu_slots=args.gpu_slots,
+            timeout=args.timeout,
+            progress=_say,
+        )
+    except ServicesError as err:
+        print(f"loom services up: error: {err}", file=sys.stderr)
+        return 1
+    print(format_status(status(state_dir)), file=sys.stderr)
+    # Only the exports on stdout: `eval "$(loom services up)"` sets them in a shell.
+    for key, value in result["env"].items():
+        print(f"export {key}={value}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    stopped = down(args.state_dir or default_state_dir(), grace=args.grace)
+    _say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or default_state_dir()
+    rows = status(state_dir)
+    if not rows:
+        _say(f"no services recorded in {state_dir.resolve()} (start them: loom services up)")
+        return NOT_HEALTHY_EXIT
+    print(format_status(rows))
+    return 0 if all(r.state == "running" for r in rows) else NOT_HEALTHY_EXIT
+
+
+def register(subparsers: Any) -> None:
+    """Add `services up|down|status` to the `loom` command's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        help="pid files, logs, databases (default: $LOOM_STATE_DIR or <project>/.loom/services)",
+    )
+    p = subparsers.add_parser(
+        "services",
+        help="start/stop local Prefect and MLflow servers and Prefect workers",
+        description=__doc__.split("\n\n")[0],
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+
+    u = sub.add_parser(
+        "up",
+        parents=[common],
+        help="start what is not running; print the env exports for clients",
+    )
+    u.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default %(default)s)")
+    u.add_argument("--prefect-port", type=int, help="default: $LOOM_PREFECT_PORT or 4200")
+    u.add_argument("--mlflow-port", type=int, help="default: $LOOM_MLFLOW_PORT or 5000")
+    u.add_argument(
+        "--workers",
+        action="append",
+        default=[],
+        metavar="POOL",
+        help="start a process worker on POOL, e.g. cpu (repeatable); it sees no GPU",
+    )
+    u.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N workers on pool gpu; worker i sees only GPU i and runs one flow run at a time",
+    )
+    u.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
+    u.set_defaults(func=_cmd_up)
+
+    d = sub.add_parser("down", parents=[common], help="stop every service `up` started")
+    d.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
+    d.set_defaults(func=_cmd_down)
+
+    s = sub.add_parser(
+        "status",
+        parents=[common],
+        help=f"table of services; exit 0 if all are healthy, {NOT_HEALTHY_EXIT} otherwise",
+    )
+    s.set_defaults(func=_cmd_status)

@@ -1,0 +1,212 @@
+"""Where users run Loom: real Prefect and MLflow servers and a process worker on loopback,
+deployments from prefect.yaml, a run triggered through the API and executed by the worker in a
+fresh clone of the deployed commit, outputs pushed to the DVC remote. Stopped by PID at the end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+from flows import services
+from tests.conftest import dvc, git, loom, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Prefect server + MLflow server + one worker on pool `cpu`, for this module."""
+    state = tmp_path_factory.mktemp("services")
+    try:
+        services.up(
+            state,
+            host="127.0.0.1",
+            prefect_port=free_port(),
+            mlflow_port=free_port(),
+            workers=["cpu"],
+            gpu_slots=0,
+        )
+        yield state, services.service_env(state)
+    finally:
+        pids = [s.pid for s in services.status(state) if s.pid]
+        services.down(state)
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        assert not alive, f"processes left behind: {alive}"
+
+
+def _env(stack_env: dict[str, str], remote: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        **stack_env,
+        "LOOM_DVC_REMOTE": str(remote),
+        "LOOM_EXPERIMENT": "deployed",
+    }
+
+
+def test_deployment_runs_on_a_worker_with_lineage_and_remote(stack, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    _, stack_env, _ = stack
+    remote = tmp_path / "remote"
+    root = make_project(tmp_path / "proj")
+    head = git(root, "rev-parse", "HEAD").strip()
+    env = _env(stack_env, remote)
+
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "loom"), "deploy"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    with temporary_settings({PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name("loom-pipeline/text-nightly")
+            assert dep.version == head
+            scheduled = client.read_flow_runs(limit=20)
+            assert any(r.deployment_id == dep.id and r.state.is_scheduled() for r in scheduled)
+        run = run_deployment("loom-pipeline/text-nightly", timeout=600, poll_interval=2)
+    assert run.state.is_completed(), run.state
+
+    client = mlflow.MlflowClient(stack_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("deployed")
+    runs = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'")
+    stages = {r.data.tags.get("loom.stage") for r in runs} - {None}
+    assert stages == {
+        "stdlib_text",
+        "corpus",
+        "bpe@small",
+        "bpe@large",
+        "tokenize@small",
+        "tokenize@large",
+    }
+    assert all(r.data.tags["loom.git.commit"] == head for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    # What the worker trained, a laptop pulls: the run's dvc.lock from MLflow, data from DVC.
+    (parent,) = [r for r in runs if r.data.tags.get("loom.pipeline") == "true"]
+    assert parent.data.tags["loom.dvc_pushed"] == "true"
+    assert not (root / "dvc.lock").exists()  # the worker ran in its own clone
+    laptop = tmp_path / "laptop"
+    subprocess.run(["git", "clone", "-q", str(root), str(laptop)], check=True)
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "loom"), "pull", "--run", parent.info.run_id],
+        cwd=laptop,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (laptop / "data" / "tokens" / "small" / "train.parquet").exists()
+    assert "up to date" in dvc(laptop, "status").stdout
+
+
+def test_deploy_refuses_without_server_or_pool(stack, tmp_path):
+    _, stack_env, _ = stack
+    root = make_project(tmp_path / "proj")
+    res = loom(root, "deploy")  # no PREFECT_API_URL in this environment
+    assert res.returncode == 1 and "PREFECT_API_URL is not set" in res.stderr
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "loom"), "deploy"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1 and "http://127.0.0.1:9/api is unreachable" in res.stderr
+    text = (root / "prefect.yaml").read_text().replace("name: gpu", "name: gpu-missing")
+    (root / "prefect.yaml").write_text(text)
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "loom"), "deploy"],
+        cwd=root,
+        env={**os.environ, **stack_env},
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 1 and "['gpu-missing'] do not exist" in res.stderr
+    assert dvc(root, "status").returncode == 0
+
+
+GPU_DEPLOYMENT = """
+  - name: slot-probe
+    entrypoint: flows/pipeline.py:pipeline
+    parameters: {targets: [stdlib_text], force: true}
+    work_pool:
+      name: gpu
+      job_variables:
+        env: *env
+"""
+
+
+def test_one_gpu_never_runs_two_flow_runs(stack, tmp_path):
+    """Two simulated GPU slots (one worker each, CUDA_VISIBLE_DEVICES=0/1, limit 1): four runs
+    spread over both slots and never overlap on one."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    state, stack_env, ports = stack
+    services.up(state, host="127.0.0.1", workers=["cpu"], gpu_slots=2, **ports)
+    root = make_project(tmp_path / "proj")
+    with (root / "prefect.yaml").open("a") as f:
+        f.write(GPU_DEPLOYMENT)
+    git(root, "commit", "-qam", "slot probe deployment")
+    env = _env(stack_env, tmp_path / "remote")
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "loom"), "deploy", "slot-probe"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    with temporary_settings({PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
+        runs = [run_deployment("loom-pipeline/slot-probe", timeout=0) for _ in range(4)]
+        deadline = time.time() + 600
+        with get_client(sync_client=True) as client:
+            while time.time() < deadline:
+                states = [client.read_flow_run(r.id).state for r in runs]
+                if all(s.is_final() for s in states):
+                    break
+                time.sleep(2)
+    assert all(s.is_completed() for s in states), states
+
+    client = mlflow.MlflowClient(stack_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("deployed")
+    ids = {str(r.id) for r in runs}
+    parents = [
+        r
+        for r in client.search_runs([exp.experiment_id], "tags.`loom.pipeline` = 'true'")
+        if r.data.tags.get("prefect.flow_run_id") in ids
+    ]
+    assert len(parents) == 4
+    slots: dict[str, list[tuple[int, int]]] = {}
+    for run in parents:
+        slot = run.data.tags["loom.cuda_visible_devices"]
+        slots.setdefault(slot, []).append((run.info.start_time, run.info.end_time))
+    assert set(slots) == {"0", "1"}
+    for spans in slots.values():
+        spans.sort()
+        assert all(
+            a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)
+        )
