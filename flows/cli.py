@@ -1,4 +1,4 @@
-"""The `loom` command: stage | run | check | runs | compare | ui."""
+"""The `loom` command: declarative ML pipelines over one dvc.yaml DAG."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from flows import compare, project
 
     root = project.find_root()
+    if args.sweep:
+        from flows import sweep
+
+        return sweep.sweep_compare(args)
     if args.run_ids:
         runs = compare.get_runs(root, args.run_ids)
     else:
@@ -156,6 +160,8 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("run_ids", nargs="*")
     cp.add_argument("--last", type=int)
     cp.add_argument("--stage")
+    cp.add_argument("--sweep", metavar="ID", help="the grid of a sweep, sorted by --metric")
+    cp.add_argument("--metric", help="with --sweep: the metric to sort by")
     cp.set_defaults(func=_cmd_compare)
 
     d = sub.add_parser("deploy", help="check server and pools, then deploy prefect.yaml")
@@ -166,6 +172,11 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("stages", nargs="*", help="only these stages' outputs")
     pl.add_argument("--run", help="MLflow id of the pipeline (parent) run")
     pl.set_defaults(func=_cmd_pull)
+
+    from flows import services, sweep
+
+    services.register(sub)
+    sweep.register(sub)
 
     u = sub.add_parser("ui", help="print the commands that open the MLflow and Prefect UIs")
     u.set_defaults(func=_cmd_ui)
