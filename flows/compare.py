@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,7 @@ def _client(root: Path) -> Any:
 def recent_runs(root: Path, last: int = 20, stage: str | None = None) -> list[Any]:
     """Most recent stage runs (pipeline parent runs excluded), newest first."""
     client = _client(root)
-    exp = client.get_experiment_by_name(
-        os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
-    )
+    exp = client.get_experiment_by_name(tracking.experiment_name())
     if exp is None:
         return []
     # A stage ("bpe@small") or a foreach/matrix group ("bpe"); MLflow search has no OR.

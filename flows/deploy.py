@@ -106,6 +106,7 @@ def deploy(root: Path, names: list[str] | None = None) -> int:
     env["LOOM_GIT_COMMIT"] = git["git.commit"]
     env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(root))
     env.setdefault("LOOM_DVC_REMOTE", "")
+    env.setdefault(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
     cmd = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy"]
     cmd += [f"--name={d['name']}" for d in chosen] if names else ["--all"]
     return subprocess.run(cmd, cwd=root, env=env).returncode

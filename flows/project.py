@@ -131,8 +131,11 @@ def select(repo: Repo, targets: list[str]) -> list[DvcStage]:
     from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
     from dvc.stage import PipelineStage
 
+    # Address stages through this repo's dvc.yaml: DVC resolves bare names against the cwd.
+    project_file = os.path.join(repo.root_dir, "dvc.yaml")
+    resolved = [t if ":" in t else f"{project_file}:{t}" for t in targets] or [project_file]
     try:
-        stages = collect_stages(repo, targets or ["dvc.yaml"])
+        stages = collect_stages(repo, resolved)
     except DvcException as err:
         raise ProjectError(f"dvc.yaml: {err}") from None
     steps = plan_repro(get_active_graph(repo.index.graph), stages)

@@ -7,7 +7,6 @@ gives exactly the files that run produced.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,9 +23,7 @@ def latest_pipeline_run(root: Path) -> str:
 
     tracking.setup(root)
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(
-        os.environ.get(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
-    )
+    exp = client.get_experiment_by_name(tracking.experiment_name())
     runs = exp and client.search_runs(
         [exp.experiment_id],
         "tags.`loom.pipeline` = 'true' and tags.`loom.dvc_pushed` = 'true'",

@@ -10,6 +10,7 @@ with stdin from /dev/null and its output in its own log. One state dir holds eve
     prefect/            the Prefect server's PREFECT_HOME (its SQLite DB: prefect/prefect.db)
     mlflow.db           the MLflow backend store
     mlflow-artifacts/   artifacts that clients log through the MLflow server
+    .lock               held by `up` and `down`, one at a time
 
 A record counts as running only while its pid belongs to a process with the recorded
 create_time and cmdline: a pid the kernel has since given to another program is a stale
@@ -27,6 +28,7 @@ import fcntl
 import http.client
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -125,7 +127,10 @@ def _load(state_dir: Path) -> list[Service]:
     path = state_dir / "services.json"
     if not path.exists():
         return []
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ServicesError(f"{path}: not valid JSON ({err}); remove it to start over") from None
     if data.get("format") != FORMAT:
         raise ServicesError(f"{path}: format {data.get('format')!r}, expected {FORMAT}")
     return [Service(**s) for s in data["services"]]
@@ -186,15 +191,11 @@ def _worker_online(svc: Service) -> bool:
     """Registered in its pool with a heartbeat sent since this process started."""
     pool = urllib.parse.quote(svc.pool or "")
     workers = _post_json(f"{svc.url}/work_pools/{pool}/workers/filter", b"{}") or []
-    return any(
-        w.get("name") == _worker_name(svc.name)
-        and w.get("status") == "ONLINE"
-        and dt.datetime.fromisoformat(
-            w.get("last_heartbeat_time") or "1970-01-01T00:00:00Z"
-        ).timestamp()
-        >= svc.create_time - 2
-        for w in workers
-    )
+    for w in workers:
+        beat = w.get("last_heartbeat_time")
+        if w.get("name") == _worker_name(svc.name) and w.get("status") == "ONLINE" and beat:
+            return dt.datetime.fromisoformat(beat).timestamp() >= svc.create_time - 2
+    return False
 
 
 def _healthy(svc: Service) -> bool:
@@ -358,20 +359,22 @@ def _start(state_dir: Path, spec: _Spec) -> Service:
     )
 
 
-def _terminate(procs: list[psutil.Process], grace: float, group: int | None = None) -> None:
-    """SIGTERM `procs` (process group `group` in one go), SIGKILL those left after `grace` s."""
-    if group is not None:
+def _terminate(procs: list[psutil.Process], grace: float, groups: Iterable[int] = ()) -> None:
+    """SIGTERM process groups `groups` and the `procs` outside them; SIGKILL what is left
+    after `grace` seconds."""
+    groups = set(groups)
+    for group in groups:
         with contextlib.suppress(OSError):
             os.killpg(group, signal.SIGTERM)
     for proc in procs:
         # Not twice to group members: a second SIGTERM makes a Prefect worker skip its
         # graceful shutdown.
         with contextlib.suppress(psutil.Error, OSError):
-            if group is None or os.getpgid(proc.pid) != group:
+            if os.getpgid(proc.pid) not in groups:
                 proc.terminate()
     _, alive = psutil.wait_procs(procs, timeout=grace)  # also reaps our own children
     if alive:
-        if group is not None:
+        for group in groups:
             with contextlib.suppress(OSError):
                 os.killpg(group, signal.SIGKILL)
         for proc in alive:
@@ -381,25 +384,29 @@ def _terminate(procs: list[psutil.Process], grace: float, group: int | None = No
 
 
 def _group(pid: int) -> list[psutil.Process]:
-    """Process group `pid`, and descendants of `pid` that left it (own sessions)."""
+    """Process `pid`, its process group, and its descendants that left the group."""
     procs = {}
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error, OSError):
             if os.getpgid(proc.pid) == pid:
                 procs[proc.pid] = proc
     with contextlib.suppress(psutil.Error):
-        procs.update((p.pid, p) for p in psutil.Process(pid).children(recursive=True))
+        leader = psutil.Process(pid)
+        procs.update((p.pid, p) for p in (leader, *leader.children(recursive=True)))
     return list(procs.values())
 
 
-def _stop(svc: Service, grace: float) -> None:
-    child = _CHILDREN.pop(svc.pid, None)
-    # A child of this process keeps its pid until reaped, even after it exits, so its group is
-    # still the one it started; any other record must prove it is still the same process.
-    if child is not None or _process(svc) is not None:
-        _terminate(_group(svc.pid), grace, group=svc.pid)
-    if child is not None:
-        child.poll()  # reap it, if it died before the signal
+def _stop(services: list[Service], grace: float) -> None:
+    """Stop services, each with everything it started: workers together first (they leave a
+    live server cleanly), then the servers together."""
+    for batch in ([s for s in services if s.pool], [s for s in services if not s.pool]):
+        children = [c for c in (_CHILDREN.pop(s.pid, None) for s in batch) if c is not None]
+        # A child of this process keeps its pid until reaped, even after it exits, so its
+        # group is still the one it started; other records must prove they are that process.
+        groups = {c.pid for c in children} | {s.pid for s in batch if _process(s)}
+        _terminate([p for g in groups for p in _group(g)], grace, groups)
+        for child in children:
+            child.poll()  # reap one that died before the signal
 
 
 def _strays(state_dir: Path) -> list[psutil.Process]:
@@ -472,6 +479,8 @@ def up(
     pools = list(workers or [])
     if "gpu" in pools:
         raise ServicesError("pool gpu gets one worker per device: use --gpu-slots N")
+    if bad := [p for p in pools if not re.fullmatch(r"[\w-]+", p)]:
+        raise ServicesError(f"work pool names are letters, digits, _ and -; got {bad}")
     if gpu_slots < 0:
         raise ServicesError(f"--gpu-slots must be >= 0, got {gpu_slots}")
     state_dir = state_dir.resolve()
@@ -485,17 +494,13 @@ def up(
             for spec in servers:
                 if spec.name in live and live[spec.name].url != spec.url:
                     progress(
-                        f"{spec.name} keeps running at {live[spec.name].url}; to move it: down, up"
+                        f"{spec.name} keeps running at {live[spec.name].url} (down to move it)"
                     )
             todo = [s for s in servers if s.name not in live]
-            for spec in todo:
-                if spec.port is not None and _port_taken(host, spec.port):
-                    raise ServicesError(
-                        f"{spec.name}: port {spec.port} on {host} is already in use by another "
-                        f"program; choose another with --{spec.name}-port or "
-                        f"LOOM_{spec.name.upper()}_PORT"
-                    )
+            _check_ports(host, todo)
             _launch(state_dir, todo, live, started, progress)
+            if todo:
+                progress(f"waiting for {', '.join(s.name for s in todo)} to answer")
             _wait_healthy([live["prefect"], live["mlflow"]], timeout)
             api_url, mlflow_url = live["prefect"].url + "/api", live["mlflow"].url
             _ensure_pools(api_url, dict.fromkeys([*POOLS, *pools]))
@@ -503,12 +508,22 @@ def up(
             _launch(state_dir, [s for s in specs if s.name not in live], live, started, progress)
             _wait_healthy([s for s in live.values() if s.pool is not None], timeout)
         except BaseException:
-            for svc in reversed(started):
-                _stop(svc, grace)
+            _stop(started, grace)
+            for svc in started:
                 live.pop(svc.name)
             _save(state_dir, live.values())
             raise
     return {"started": [s.name for s in started], "already_running": kept, "env": _client_env(live)}
+
+
+def _check_ports(host: str, specs: list[_Spec]) -> None:
+    """Before starting anything: a taken port would fail a server only seconds later."""
+    for spec in specs:
+        if spec.port is not None and _port_taken(host, spec.port):
+            raise ServicesError(
+                f"{spec.name}: port {spec.port} on {host} is already in use by another program; "
+                f"choose another with --{spec.name}-port or LOOM_{spec.name.upper()}_PORT"
+            )
 
 
 def _launch(
@@ -534,10 +549,9 @@ def down(state_dir: Path, *, grace: float = 10.0) -> list[str]:
     if not state_dir.is_dir():
         return []
     with _locked(state_dir):
-        services = sorted(_load(state_dir), key=lambda s: s.pool is None)
+        services = _load(state_dir)
         stopped = [s.name for s in services if _process(s)]
-        for svc in services:
-            _stop(svc, grace)
+        _stop(services, grace)
         _terminate(_strays(state_dir), grace)
         _save(state_dir, [])
     return stopped
@@ -588,22 +602,17 @@ def _port(value: int | None, env: str, default: int) -> int:
     return port
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    state_dir = args.state_dir or default_state_dir()
-    try:
-        result = up(
-            state_dir,
-            host=args.host,
-            prefect_port=_port(args.prefect_port, "LOOM_PREFECT_PORT", DEFAULT_PREFECT_PORT),
-            mlflow_port=_port(args.mlflow_port, "LOOM_MLFLOW_PORT", DEFAULT_MLFLOW_PORT),
-            workers=[p for arg in args.workers for p in arg.split(",") if p],
-            gpu_slots=args.gpu_slots,
-            timeout=args.timeout,
-            progress=_say,
-        )
-    except ServicesError as err:
-        print(f"loom services up: error: {err}", file=sys.stderr)
-        return 1
+def _up(args: argparse.Namespace, state_dir: Path) -> int:
+    result = up(
+        state_dir,
+        host=args.host,
+        prefect_port=_port(args.prefect_port, "LOOM_PREFECT_PORT", DEFAULT_PREFECT_PORT),
+        mlflow_port=_port(args.mlflow_port, "LOOM_MLFLOW_PORT", DEFAULT_MLFLOW_PORT),
+        workers=[p for arg in args.workers for p in arg.split(",") if p],
+        gpu_slots=args.gpu_slots,
+        timeout=args.timeout,
+        progress=_say,
+    )
     print(format_status(status(state_dir)), file=sys.stderr)
     # Only the exports on stdout: `eval "$(loom services up)"` sets them in a shell.
     for key, value in result["env"].items():
@@ -611,20 +620,28 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_down(args: argparse.Namespace) -> int:
-    stopped = down(args.state_dir or default_state_dir(), grace=args.grace)
+def _down(args: argparse.Namespace, state_dir: Path) -> int:
+    stopped = down(state_dir, grace=args.grace)
     _say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
     return 0
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    state_dir = args.state_dir or default_state_dir()
+def _status(args: argparse.Namespace, state_dir: Path) -> int:
     rows = status(state_dir)
     if not rows:
         _say(f"no services recorded in {state_dir.resolve()} (start them: loom services up)")
         return NOT_HEALTHY_EXIT
     print(format_status(rows))
     return 0 if all(r.state == "running" for r in rows) else NOT_HEALTHY_EXIT
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    action = {"up": _up, "down": _down, "status": _status}[args.action]
+    try:
+        return action(args, args.state_dir or default_state_dir())
+    except ServicesError as err:
+        print(f"loom services {args.action}: error: {err}", file=sys.stderr)
+        return 1
 
 
 def register(subparsers: Any) -> None:
@@ -639,6 +656,9 @@ def register(subparsers: Any) -> None:
         "services",
         help="start/stop local Prefect and MLflow servers and Prefect workers",
         description=__doc__.split("\n\n")[0],
+        epilog='`up` prints only `export NAME=URL` lines on stdout: eval "$(loom services up)". '
+        f"`status` exits 0 when every recorded service is healthy, {NOT_HEALTHY_EXIT} otherwise "
+        "(also when none is recorded).",
     )
     sub = p.add_subparsers(dest="action", required=True)
 
@@ -665,15 +685,15 @@ def register(subparsers: Any) -> None:
         help="N workers on pool gpu; worker i sees only GPU i and runs one flow run at a time",
     )
     u.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
-    u.set_defaults(func=_cmd_up)
+    u.set_defaults(func=_cmd)
 
     d = sub.add_parser("down", parents=[common], help="stop every service `up` started")
     d.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
-    d.set_defaults(func=_cmd_down)
+    d.set_defaults(func=_cmd)
 
     s = sub.add_parser(
         "status",
         parents=[common],
         help=f"table of services; exit 0 if all are healthy, {NOT_HEALTHY_EXIT} otherwise",
     )
-    s.set_defaults(func=_cmd_status)
+    s.set_defaults(func=_cmd)

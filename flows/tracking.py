@@ -64,6 +64,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     )
 
 
+def experiment_name() -> str:
+    return os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+
+
 def setup(root: Path) -> str:
     """Point MLflow at the project's store and experiment; returns the experiment id."""
     import mlflow
@@ -71,7 +75,7 @@ def setup(root: Path) -> str:
     uri = tracking_uri(root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
+    name = experiment_name()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:

@@ -29,7 +29,15 @@ TINY_PARAMS = {
     "corpus": {"val_fraction": 0.1},
     "bpe": {"small": {"vocab_size": 300}, "large": {"vocab_size": 420}},
 }
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", "components")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    "params.gpu.yaml",
+    "prefect.yaml",
+    ".dvcignore",
+    "components",
+    "flows",
+)
 
 
 def merge(base: dict, extra: dict) -> dict:

@@ -31,16 +31,10 @@ def free_port() -> int:
 def stack(tmp_path_factory):
     """Prefect server + MLflow server + one worker on pool `cpu`, for this module."""
     state = tmp_path_factory.mktemp("services")
+    ports = {"prefect_port": free_port(), "mlflow_port": free_port()}
     try:
-        services.up(
-            state,
-            host="127.0.0.1",
-            prefect_port=free_port(),
-            mlflow_port=free_port(),
-            workers=["cpu"],
-            gpu_slots=0,
-        )
-        yield state, services.service_env(state)
+        services.up(state, host="127.0.0.1", workers=["cpu"], gpu_slots=0, **ports)
+        yield state, services.service_env(state), ports
     finally:
         pids = [s.pid for s in services.status(state) if s.pid]
         services.down(state)
@@ -59,6 +53,7 @@ def _env(stack_env: dict[str, str], remote: Path) -> dict[str, str]:
 
 def test_deployment_runs_on_a_worker_with_lineage_and_remote(stack, tmp_path):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -81,8 +76,15 @@ def test_deployment_runs_on_a_worker_with_lineage_and_remote(stack, tmp_path):
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("loom-pipeline/text-nightly")
             assert dep.version == head
-            scheduled = client.read_flow_runs(limit=20)
-            assert any(r.deployment_id == dep.id and r.state.is_scheduled() for r in scheduled)
+            # The server's scheduler creates the cron deployment's upcoming runs.
+            deadline, scheduled = time.time() + 120, []
+            while not scheduled and time.time() < deadline:
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
+                )
+                scheduled = [r for r in runs if r.state.is_scheduled()]
+                time.sleep(2)
+            assert scheduled and all(r.expected_start_time.hour == 2 for r in scheduled)
         run = run_deployment("loom-pipeline/text-nightly", timeout=600, poll_interval=2)
     assert run.state.is_completed(), run.state
 
