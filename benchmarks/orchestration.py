@@ -50,6 +50,7 @@ def best(repeats: int, cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def make_project(dst: Path, max_docs: int | None) -> Path:
+    dst.mkdir(parents=True)
     for name in (
         "dvc.yaml",
         "params.yaml",

@@ -125,10 +125,10 @@ def _read_metrics(root: Path, spec: project.StageSpec) -> dict[str, float]:
     return {}
 
 
-@task(task_run_name="{name}")
+@task(task_run_name="{spec.name}")
 def run_stage_task(
     root: str,
-    name: str,
+    spec: project.StageSpec,
     force: bool,
     parent_run_id: str,
     flow_run_id: str,
@@ -137,13 +137,11 @@ def run_stage_task(
 ):
     """Skip if DVC says unchanged; else run the cmd and commit the stage to dvc.lock."""
     logger = get_run_logger()
-    rootp = Path(root)
+    rootp, name = Path(root), spec.name
     with project.DVC_LOCK:
         repo = project.open_repo(rootp)
         try:
-            (stage,) = [s for s in project.pipeline_stages(repo) if s.addressing == name]
-            spec = project.spec_of(repo, stage)
-            unchanged = not force and not project.changed(stage)
+            unchanged = not force and not project.changed(project.stage_named(repo, name))
         finally:
             repo.close()
     key = list(registry.load(spec.component).key_metrics) if spec.component else []
@@ -223,7 +221,7 @@ def pipeline(
             retries=retries, retry_delay_seconds=orchestration.retry_delay_seconds
         ).submit(
             str(rootp),
-            spec.name,
+            spec,
             force,
             parent,
             flow_run_id,

@@ -77,7 +77,7 @@ def _rel(repo: Repo, path: str) -> str:
     return os.path.relpath(path, repo.root_dir)
 
 
-def spec_of(repo: Repo, stage: DvcStage) -> StageSpec:
+def spec_of(repo: Repo, stage: DvcStage, with_upstream: bool = True) -> StageSpec:
     from dvc.dependency.param import ParamsDependency
 
     meta: dict[str, Any] = dict(stage.meta or {})
@@ -86,7 +86,7 @@ def spec_of(repo: Repo, stage: DvcStage) -> StageSpec:
     config_key = meta.get("config") or (
         params[0] if params else (stage.name if component else None)
     )
-    graph = repo.index.graph
+    graph = repo.index.graph if with_upstream else None
     return StageSpec(
         name=stage.addressing,
         cmd=stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd),
@@ -100,7 +100,9 @@ def spec_of(repo: Repo, stage: DvcStage) -> StageSpec:
         outs=[_rel(repo, o.fs_path) for o in stage.outs if not (o.is_metric or o.is_plot)],
         metrics=[_rel(repo, o.fs_path) for o in stage.outs if o.is_metric],
         plots=[_rel(repo, o.fs_path) for o in stage.outs if o.is_plot],
-        upstream=[s.addressing for s in graph.successors(stage)] if stage in graph else [],
+        upstream=[s.addressing for s in graph.successors(stage)]
+        if graph and stage in graph
+        else [],
     )
 
 
@@ -109,17 +111,26 @@ def pipeline_stages(repo: Repo) -> list[DvcStage]:
     return select(repo, [])
 
 
+def stage_named(repo: Repo, name: str) -> DvcStage:
+    """Stage `name` of this repo's dvc.yaml (resolving only what that stage needs)."""
+    from dvc.exceptions import DvcException
+
+    try:
+        found = repo.stage.collect(f"{os.path.join(repo.root_dir, 'dvc.yaml')}:{name}")
+    except DvcException:
+        found = []
+    if len(found) != 1:
+        names = sorted(s.addressing for s in pipeline_stages(repo))
+        raise ProjectError(f"dvc.yaml: no stage named {name!r}; stages are {names}")
+    return found[0]
+
+
 def load_spec(root: Path, name: str) -> StageSpec:
-    """The resolved spec of stage `name` (e.g. "bpe@small")."""
+    """The resolved spec of stage `name` (e.g. "bpe@small"), without its upstream."""
     with DVC_LOCK:
         repo = open_repo(root)
         try:
-            by_name = {s.addressing: s for s in pipeline_stages(repo)}
-            if name not in by_name:
-                raise ProjectError(
-                    f"dvc.yaml: no stage named {name!r}; stages are {sorted(by_name)}"
-                )
-            return spec_of(repo, by_name[name])
+            return spec_of(repo, stage_named(repo, name), with_upstream=False)
         finally:
             repo.close()
 
@@ -175,7 +186,7 @@ def commit(
         repo = open_repo(root)
         try:
             with repo.lock:
-                (stage,) = [s for s in pipeline_stages(repo) if s.addressing == name]
+                stage = stage_named(repo, name)
                 stage.save()
                 stage.commit()
                 stage.dump(update_pipeline=False)
