@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +35,12 @@ def api_url() -> str:
 
 
 def check_server(url: str, timeout: float = 5.0) -> None:
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310
-            if resp.status == 200:
-                return
-            problem = f"HTTP {resp.status}"
-    except (urllib.error.URLError, OSError) as err:
-        problem = str(getattr(err, "reason", err))
-    raise DeployError(
-        f"Prefect server {url} is unreachable ({problem}). Start it with `loom services up` "
-        f"(or `prefect server start --host 127.0.0.1`)."
-    )
+    problem = tracking.probe(url.rstrip("/") + "/health", timeout)
+    if problem is not None:
+        raise DeployError(
+            f"Prefect server {url} is unreachable ({problem}). Start it with `loom services up` "
+            f"(or `prefect server start --host 127.0.0.1`)."
+        )
 
 
 def deployments(root: Path) -> list[dict[str, Any]]:

@@ -45,18 +45,22 @@ def artifact_root(root: Path) -> str:
     return (Path(root) / "mlflow" / "artifacts").resolve().as_uri()
 
 
+def probe(url: str, timeout: float = 5.0) -> str | None:
+    """None if GET `url` answers 200, else what went wrong (for an error message)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http only)
+            return None if resp.status == 200 else f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, before any work, when an HTTP tracking server does not answer /health."""
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http only)
-            if resp.status == 200:
-                return
-            problem = f"HTTP {resp.status}"
-    except (urllib.error.URLError, OSError) as err:
-        problem = str(getattr(err, "reason", err))
+    problem = probe(uri.rstrip("/") + "/health", timeout)
+    if problem is None:
+        return
     raise TrackingError(
         f"MLflow tracking server {uri} is unreachable ({problem}). Start it "
         f"(`mlflow server --host 127.0.0.1 --port 5000`) or unset MLFLOW_TRACKING_URI to use "

@@ -95,10 +95,14 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     )
 
 
-def loom(root: Path, *args: str) -> subprocess.CompletedProcess:
+def loom(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`loom ...` as a user types it, in a subprocess."""
     return subprocess.run(
-        [str(Path(sys.executable).parent / "loom"), *args], cwd=root, capture_output=True, text=True
+        [str(Path(sys.executable).parent / "loom"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -63,13 +62,7 @@ def test_deployment_runs_on_a_worker_with_lineage_and_remote(stack, tmp_path):
     head = git(root, "rev-parse", "HEAD").strip()
     env = _env(stack_env, remote)
 
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "loom"), "deploy"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    res = loom(root, "deploy", env=env)
     assert res.returncode == 0, res.stdout + res.stderr
 
     with temporary_settings({PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
@@ -109,13 +102,7 @@ def test_deployment_runs_on_a_worker_with_lineage_and_remote(stack, tmp_path):
     assert not (root / "dvc.lock").exists()  # the worker ran in its own clone
     laptop = tmp_path / "laptop"
     subprocess.run(["git", "clone", "-q", str(root), str(laptop)], check=True)
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "loom"), "pull", "--run", parent.info.run_id],
-        cwd=laptop,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    res = loom(laptop, "pull", "--run", parent.info.run_id, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert (laptop / "data" / "tokens" / "small" / "train.parquet").exists()
     assert "up to date" in dvc(laptop, "status").stdout
@@ -127,23 +114,11 @@ def test_deploy_refuses_without_server_or_pool(stack, tmp_path):
     res = loom(root, "deploy")  # no PREFECT_API_URL in this environment
     assert res.returncode == 1 and "PREFECT_API_URL is not set" in res.stderr
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "loom"), "deploy"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    res = loom(root, "deploy", env=env)
     assert res.returncode == 1 and "http://127.0.0.1:9/api is unreachable" in res.stderr
     text = (root / "prefect.yaml").read_text().replace("name: gpu", "name: gpu-missing")
     (root / "prefect.yaml").write_text(text)
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "loom"), "deploy"],
-        cwd=root,
-        env={**os.environ, **stack_env},
-        capture_output=True,
-        text=True,
-    )
+    res = loom(root, "deploy", env={**os.environ, **stack_env})
     assert res.returncode == 1 and "['gpu-missing'] do not exist" in res.stderr
     assert dvc(root, "status").returncode == 0
 
@@ -173,13 +148,7 @@ def test_one_gpu_never_runs_two_flow_runs(stack, tmp_path):
         f.write(GPU_DEPLOYMENT)
     git(root, "commit", "-qam", "slot probe deployment")
     env = _env(stack_env, tmp_path / "remote")
-    res = subprocess.run(
-        [str(Path(sys.executable).parent / "loom"), "deploy", "slot-probe"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    res = loom(root, "deploy", "slot-probe", env=env)
     assert res.returncode == 0, res.stdout + res.stderr
 
     with temporary_settings({PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
