@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from prefect.states import Completed
 
 from components import registry
 from components.config import build, require
-from flows import params, project, stage_runner, tracking
+from flows import atomic, params, project, stage_runner, tracking
 from flows.compare import table
 
 
@@ -134,8 +135,13 @@ def run_stage_task(
     flow_run_id: str,
     lock_order: list[str],
     tags: dict[str, str],
+    publish: bool = False,
 ):
-    """Skip if DVC says unchanged; else run the cmd and commit the stage to dvc.lock."""
+    """Skip if DVC says unchanged; else run the cmd and commit the stage to dvc.lock.
+
+    publish: push the committed outputs and log dvc.lock on the pipeline run right away, so a
+    re-run of this flow run after a crash (on a fresh clone) resumes after this stage.
+    """
     logger = get_run_logger()
     rootp, name = Path(root), spec.name
     with project.DVC_LOCK:
@@ -159,6 +165,9 @@ def run_stage_task(
             raise StageFailed(_reason(name, rc, tail))
         run_info = json.loads(info.read_text()) if info.exists() else {}
     project.commit(rootp, name, plan=lock_order)
+    if publish:
+        project.push(rootp, [name])
+        _log_lock(rootp, parent_run_id)
     metrics = run_info.get("metrics") or _read_metrics(rootp, spec)
     seconds = time.time() - started
     return StageReport(name, "ran", seconds, metrics, run_info.get("run_id", ""), key_metrics=key)
@@ -205,12 +214,15 @@ def pipeline(
             repo.close()
     _validate(rootp, specs)
     names = [s.name for s in specs]
+    flow_run_id = str(flow_run.id or "")
     if pull:
+        resumed = _restore_lock(rootp, flow_run_id)
+        if resumed:
+            print(f"resuming flow run {flow_run_id}: dvc.lock of its earlier attempt {resumed}")
         print(f"dvc pull: {project.pull(rootp, names)} file(s) fetched")
 
     # dvc.lock order as a sequential `dvc repro` would leave it (see project.commit).
     lock_order = project.locked_stages(rootp) + [s.name for s in specs]
-    flow_run_id = str(flow_run.id or "")
     extra_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     parent = _start_parent_run(rootp, flow_run_id, targets, force, extra_tags)
     futures: dict[str, Any] = {}
@@ -227,6 +239,7 @@ def pipeline(
             flow_run_id,
             lock_order,
             extra_tags,
+            push,
             wait_for=upstream,
         )
 
@@ -256,6 +269,42 @@ def _report(name: str, future: Any) -> StageReport:
             return StageReport(name, "failed", error=str(err))
         return StageReport(name, "failed", error=state.message or "")
     return StageReport(name, "not run", error="an upstream stage failed")
+
+
+def _log_lock(root: Path, run_id: str) -> None:
+    """dvc.lock as it is now, on the pipeline run (read under the DVC lock: no torn copy)."""
+    import mlflow
+
+    with project.DVC_LOCK, tempfile.TemporaryDirectory() as tmp:
+        shutil.copy2(root / "dvc.lock", Path(tmp) / "dvc.lock")
+        mlflow.MlflowClient().log_artifact(run_id, str(Path(tmp) / "dvc.lock"))
+
+
+def _restore_lock(root: Path, flow_run_id: str) -> str | None:
+    """When this flow run ran before (a crash, then a retry), take the dvc.lock its last
+    attempt logged: the stages it finished are then unchanged and skipped. Returns the MLflow
+    run it came from."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not flow_run_id:
+        return None
+    experiment_id = tracking.setup(root)
+    client = mlflow.MlflowClient()
+    earlier = client.search_runs(
+        [experiment_id],
+        f"tags.`loom.pipeline` = 'true' and tags.`prefect.flow_run_id` = '{flow_run_id}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in earlier:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                lock = Path(client.download_artifacts(run.info.run_id, "dvc.lock", tmp))
+            except (MlflowException, OSError):
+                continue
+            atomic.write_text(root / "dvc.lock", lock.read_text())
+            return run.info.run_id
+    return None
 
 
 def _start_parent_run(

@@ -4,6 +4,7 @@ fresh clone of the deployed commit, outputs pushed to the DVC remote. Stopped by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from flows import services
 from tests.conftest import dvc, git, loom, make_project
 
 pytestmark = pytest.mark.slow
+
+ALL_STAGES = ["stdlib_text", "corpus", "bpe@small", "bpe@large", "tokenize@small", "tokenize@large"]
 
 
 def free_port() -> int:
@@ -181,3 +184,80 @@ def test_one_gpu_never_runs_two_flow_runs(stack, tmp_path):
         assert all(
             a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)
         )
+
+
+def _kill_tree(proc: psutil.Process) -> None:
+    for p in [*proc.children(recursive=True), proc]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+def test_killed_worker_then_rerun_skips_completed_stages(stack, tmp_path):
+    """Kill the worker and its flow run mid-pipeline; re-running that flow run (on a new
+    worker, in a fresh clone) restores the dvc.lock its first attempt logged and skips the
+    stages that attempt finished."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Crashed, Scheduled
+
+    state, stack_env, ports = stack
+    services.up(state, host="127.0.0.1", workers=["cpu"], **ports)
+    root = make_project(tmp_path / "proj")
+    env = _env(stack_env, tmp_path / "remote")
+    assert loom(root, "deploy", "text-nightly", env=env).returncode == 0
+    client = mlflow.MlflowClient(stack_env["MLFLOW_TRACKING_URI"])
+
+    def stage_runs(flow_run_id: str) -> list:
+        exp = client.get_experiment_by_name("deployed")
+        if exp is None:  # the first stage has not started yet
+            return []
+        query = f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+        return [
+            r for r in client.search_runs([exp.experiment_id], query) if "loom.stage" in r.data.tags
+        ]
+
+    with temporary_settings({PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
+        run = run_deployment("loom-pipeline/text-nightly", timeout=0)
+        done: set[str] = set()
+        deadline = time.time() + 300
+        while not {"stdlib_text", "corpus"} <= done and time.time() < deadline:
+            runs = stage_runs(str(run.id))
+            done = {r.data.tags["loom.stage"] for r in runs if r.info.status == "FINISHED"}
+            time.sleep(0.5)
+        assert {"stdlib_text", "corpus"} <= done
+        # The worker dies, and its flow-run process with it.
+        for svc in services.status(state):
+            if svc.name.startswith("worker-cpu") and svc.pid:
+                _kill_tree(psutil.Process(svc.pid))
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("PREFECT__FLOW_RUN_ID") == str(run.id):
+                    _kill_tree(proc)
+        first = {
+            r.data.tags["loom.stage"]
+            for r in stage_runs(str(run.id))
+            if r.info.status == "FINISHED"
+        }
+        assert first != set(ALL_STAGES), "the pipeline finished before the worker was killed"
+
+        with get_client(sync_client=True) as prefect:
+            # What Prefect's zombie detection records for a run whose worker died ...
+            prefect.set_flow_run_state(run.id, Crashed(message="worker killed"), force=True)
+            # ... and the UI's "Retry": the same flow run, scheduled again.
+            prefect.set_flow_run_state(run.id, Scheduled(), force=True)
+            services.up(state, host="127.0.0.1", workers=["cpu"], **ports)  # a new worker
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                final = prefect.read_flow_run(run.id).state
+                if final.is_final():
+                    break
+                time.sleep(2)
+    assert final.is_completed(), final
+
+    finished: dict[str, int] = {}
+    for r in stage_runs(str(run.id)):
+        if r.info.status == "FINISHED":
+            finished[r.data.tags["loom.stage"]] = finished.get(r.data.tags["loom.stage"], 0) + 1
+    assert set(finished) == set(ALL_STAGES)
+    assert all(finished[s] == 1 for s in first)  # completed before the kill: not run again
