@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import time
@@ -261,3 +262,35 @@ def test_killed_worker_then_rerun_skips_completed_stages(stack, tmp_path):
             finished[r.data.tags["loom.stage"]] = finished.get(r.data.tags["loom.stage"], 0) + 1
     assert set(finished) == set(ALL_STAGES)
     assert all(finished[s] == 1 for s in first)  # completed before the kill: not run again
+
+
+def test_sweep_on_a_pool(stack, tmp_path):
+    """`loom sweep --pool`: each grid point is a run of the deployment on the pool's worker."""
+    state, stack_env, ports = stack
+    services.up(state, host="127.0.0.1", workers=["cpu"], **ports)
+    root = make_project(tmp_path / "proj")
+    env = _env(stack_env, tmp_path / "remote")
+    assert loom(root, "deploy", "text-nightly", env=env).returncode == 0
+    grid = ["-S", "bpe.small.vocab_size=300,320"]
+    res = loom(
+        root,
+        "sweep",
+        *grid,
+        "tokenize@small",
+        "--pool",
+        "loom-pipeline/text-nightly",
+        "--metric",
+        "bytes_per_token",
+        env=env,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    sweep_id = re.search(r"sw-[0-9a-f]{8}", res.stdout + res.stderr).group(0)
+
+    client = mlflow.MlflowClient(stack_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("deployed")
+    runs = client.search_runs([exp.experiment_id], f"tags.`loom.sweep_id` = '{sweep_id}'")
+    pipelines = [r for r in runs if r.data.tags.get("loom.pipeline") == "true"]
+    assert len(pipelines) == 2 and all(r.info.status == "FINISHED" for r in pipelines)
+    bpe = [r for r in runs if r.data.tags.get("loom.stage") == "bpe@small"]
+    assert sorted(r.data.params["vocab_size"] for r in bpe) == ["300", "320"]
+    assert not (root / "dvc.lock").exists()  # points ran on the worker, not here
