@@ -309,9 +309,59 @@ def _worker_specs(
             PREFECT_API_URL=api_url,
             MLFLOW_TRACKING_URI=mlflow_url,
             CUDA_VISIBLE_DEVICES=devices,
+            # Flow runs send heartbeats; the automation below crashes runs that stop sending.
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
         )
         specs.append(_Spec(name, cmd, env, api_url, pool=pool))
     return specs
+
+
+HEARTBEAT_SECONDS = 30  # Prefect's minimum
+ZOMBIE_AUTOMATION = "loom: crash flow runs that stopped sending heartbeats"
+
+
+def _ensure_zombie_automation(api_url: str, silence: float = 3 * HEARTBEAT_SECONDS) -> None:
+    """Prefect's recipe for zombie flow runs: a run whose heartbeats stop (its worker or
+    machine died) is set Crashed, so it can be retried; the retry resumes after the stages
+    the dead attempt finished (see flows/pipeline.py)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            if client.read_automations_by_name(ZOMBIE_AUTOMATION):
+                return
+        Automation(
+            name=ZOMBIE_AUTOMATION,
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={
+                    "prefect.flow-run.heartbeat",
+                    "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed",
+                },
+                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=silence),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.CRASHED,
+                    message=f"no heartbeat for {silence:.0f} s: its worker or machine died",
+                )
+            ],
+        ).create()
 
 
 def _ensure_pools(api_url: str, names: Iterable[str]) -> None:
@@ -504,6 +554,7 @@ def up(
             _wait_healthy([live["prefect"], live["mlflow"]], timeout)
             api_url, mlflow_url = live["prefect"].url + "/api", live["mlflow"].url
             _ensure_pools(api_url, dict.fromkeys([*POOLS, *pools]))
+            _ensure_zombie_automation(api_url)
             specs = _worker_specs(state_dir, api_url, mlflow_url, pools, gpu_slots)
             _launch(state_dir, [s for s in specs if s.name not in live], live, started, progress)
             _wait_healthy([s for s in live.values() if s.pool is not None], timeout)

@@ -200,7 +200,7 @@ def test_killed_worker_then_rerun_skips_completed_stages(stack, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.states import Crashed, Scheduled
+    from prefect.states import Scheduled
 
     state, stack_env, ports = stack
     services.up(state, host="127.0.0.1", workers=["cpu"], **ports)
@@ -243,9 +243,12 @@ def test_killed_worker_then_rerun_skips_completed_stages(stack, tmp_path):
         assert first != set(ALL_STAGES), "the pipeline finished before the worker was killed"
 
         with get_client(sync_client=True) as prefect:
-            # What Prefect's zombie detection records for a run whose worker died ...
-            prefect.set_flow_run_state(run.id, Crashed(message="worker killed"), force=True)
-            # ... and the UI's "Retry": the same flow run, scheduled again.
+            # No more heartbeats: the server's zombie automation marks the run Crashed.
+            deadline = time.time() + 300
+            while not prefect.read_flow_run(run.id).state.is_crashed() and time.time() < deadline:
+                time.sleep(3)
+            assert prefect.read_flow_run(run.id).state.is_crashed()
+            # The UI's "Retry": the same flow run, scheduled again.
             prefect.set_flow_run_state(run.id, Scheduled(), force=True)
             services.up(state, host="127.0.0.1", workers=["cpu"], **ports)  # a new worker
             deadline = time.time() + 600
