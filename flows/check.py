@@ -85,7 +85,7 @@ def problems(root: Path) -> list[str]:
             found.append(f"{spec.name}: {err}")
             continue
         for file in code_files(root, module):
-            if not any(Path(file) == Path(d) or Path(d) in Path(file).parents for d in spec.deps):
+            if not project.covered(file, spec.deps):
                 found.append(
                     f"{spec.name}: component {spec.component!r} imports {file}, which is not in "
                     f"the stage's deps: add `- {file}` to its deps in dvc.yaml"

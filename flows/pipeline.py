@@ -72,7 +72,7 @@ class StageFailed(RuntimeError):
 
 
 def _stage_env(
-    root: Path, name: str, parent_run_id: str, flow_run_id: str, info: Path
+    root: Path, name: str, parent_run_id: str, flow_run_id: str, info: Path, tags: dict[str, str]
 ) -> dict[str, str]:
     env = dict(os.environ)
     # The stage cmd says `loom stage ...`: make this interpreter's `loom` the one found.
@@ -84,6 +84,7 @@ def _stage_env(
             tracking.PARENT_RUN_ENV: parent_run_id,
             tracking.FLOW_RUN_ENV: flow_run_id,
             stage_runner.RUN_INFO_ENV: str(info),
+            tracking.EXTRA_TAGS_ENV: json.dumps(tags),
         }
     )
     return env
@@ -158,13 +159,12 @@ def run_stage_task(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="loom-run-") as tmp:
         info = Path(tmp) / "run.json"
-        env = _stage_env(rootp, name, parent_run_id, flow_run_id, info)
-        env[tracking.EXTRA_TAGS_ENV] = json.dumps(tags)
+        env = _stage_env(rootp, name, parent_run_id, flow_run_id, info, tags)
         rc, tail = _run_cmd(spec, env, logger)
         if rc != 0:
             raise StageFailed(_reason(name, rc, tail))
         run_info = json.loads(info.read_text()) if info.exists() else {}
-    project.commit(rootp, name, plan=lock_order)
+    project.commit(rootp, name, order=lock_order)
     if publish:
         project.push(rootp, [name])
         _log_lock(rootp, parent_run_id)

@@ -51,6 +51,12 @@ class StageSpec:
     upstream: list[str] = field(default_factory=list)
 
 
+def covered(path: str, declared: list[str]) -> bool:
+    """Whether `path` is one of the `declared` deps/outs or lies inside one of them."""
+    p = Path(path)
+    return any(p == Path(d) or Path(d) in p.parents for d in declared)
+
+
 def find_root(start: Path | None = None) -> Path:
     """The DVC root above `start`; without one, $DVC_ROOT (set when DVC launched us) or the
     nearest parent of the working directory with a `.dvc/`."""
@@ -170,15 +176,12 @@ def locked_stages(root: Path) -> list[str]:
     return list(data.get("stages") or {})
 
 
-def commit(
-    root: Path, name: str, plan: list[str] | None = None, keep: list[str] | None = None
-) -> None:
+def commit(root: Path, name: str, order: list[str] | None = None) -> None:
     """Record a finished stage in dvc.lock and the DVC cache, exactly as `dvc repro` does.
 
     DVC appends a new stage's entry when it finishes, so concurrent runs would order dvc.lock
-    by finishing time. With `plan` (the run's stage order) and `keep` (entries present before
-    the run), entries are put where a sequential `dvc repro` would have put them: earlier
-    entries first, in place, then new ones in plan order.
+    by finishing time. With `order` (entries present before the run, then the run's plan),
+    entries are put where a sequential `dvc repro` would have put them.
     """
     from dvc.utils.serialize import modify_yaml
 
@@ -190,9 +193,9 @@ def commit(
                 stage.save()
                 stage.commit()
                 stage.dump(update_pipeline=False)
-                if plan is not None:
+                if order is not None:
                     rank: dict[str, int] = {}
-                    for n in [*(keep or []), *plan]:
+                    for n in order:
                         rank.setdefault(n, len(rank))
                     with modify_yaml(os.path.join(repo.root_dir, "dvc.lock")) as data:
                         entries = data["stages"]

@@ -30,11 +30,6 @@ class Outcome:
     seconds: float
 
 
-def _covered(path: str, declared: list[str]) -> bool:
-    p = Path(path)
-    return any(p == Path(d) or Path(d) in p.parents for d in declared)
-
-
 def bind(spec: project.StageSpec, stage: Stage) -> None:
     """meta.inputs/outputs must name exactly the component's inputs/outputs, and be declared
     in deps/outs, or DVC would not track what the component really reads and writes."""
@@ -48,7 +43,7 @@ def bind(spec: project.StageSpec, stage: Stage) -> None:
                 f"{stage.name!r} expects {sorted(want)}"
             )
         for role, path in have.items():
-            if not _covered(path, declared):
+            if not project.covered(path, declared):
                 raise project.ProjectError(
                     f"dvc.yaml: stage {spec.name!r}: meta.{kind}.{role} = {path!r} is not declared "
                     f"in its {field} {declared}"
@@ -87,8 +82,9 @@ def run_stage(root: Path, name: str) -> Outcome:
         "loom.cmd": spec.cmd,
         **{f"loom.{k}": v for k, v in tracking.git_info(root).items()},
         **{f"loom.{k}": v for k, v in tracking.host_info().items()},
-        **{f"dvc.dep.{p}": d for p, d in project.digests(root, spec.deps).items()},
     }
+    known = project.digests(root, spec.deps)  # DVC md5 by path: tags and datasets share it
+    tags.update({f"dvc.dep.{p}": d for p, d in known.items()})
     tags.update(tracking.extra_tags())
     if os.environ.get(tracking.FLOW_RUN_ENV):
         tags["prefect.flow_run_id"] = os.environ[tracking.FLOW_RUN_ENV]
@@ -104,7 +100,7 @@ def run_stage(root: Path, name: str) -> Outcome:
         mlflow.log_params(tracking.flatten(resolved))
         mlflow.log_dict(resolved, "config.json")
         for role, path in inputs.items():
-            _log_dataset(root, role, path, "input")
+            _log_dataset(root, role, path, "input", known)
 
         targets = {role: root / p for role, p in spec.outputs.items()}
         try:
@@ -121,6 +117,7 @@ def run_stage(root: Path, name: str) -> Outcome:
 
         out_digests = project.digests(root, spec.outs + spec.metrics + spec.plots)
         mlflow.set_tags({f"dvc.out.{p}": d for p, d in out_digests.items()})
+        known.update(out_digests)
         mlflow.log_metrics(metrics)
         tracking.log_curves(client, run_id, result.curves)
         for path in [*(root / m for m in spec.metrics + spec.plots), *result.artifacts]:
@@ -128,9 +125,10 @@ def run_stage(root: Path, name: str) -> Outcome:
             if path.is_file():
                 mlflow.log_artifact(str(path))
         for role, path in targets.items():
-            _log_dataset(root, role, path, "output")
+            _log_dataset(root, role, path, "output", known)
         for ds in result.datasets:
-            _log_dataset(root, ds.name, Path(_relocate(str(ds.path), moved)), ds.context, ds)
+            ds_path = Path(_relocate(str(ds.path), moved))
+            _log_dataset(root, ds.name, ds_path, ds.context, known, ds)
 
     outcome = Outcome(run_id=run_id, metrics=metrics, seconds=seconds)
     if os.environ.get(RUN_INFO_ENV):
@@ -147,9 +145,15 @@ def _relocate(path: str, moved: dict[str, str]) -> str:
 
 
 def _log_dataset(
-    root: Path, name: str, path: Path, context: str, ds: Dataset | None = None
+    root: Path,
+    name: str,
+    path: Path,
+    context: str,
+    known: dict[str, str],
+    ds: Dataset | None = None,
 ) -> None:
-    """Record a data set by reference with its DVC digest (its content address in the cache)."""
+    """Record a data set by reference with its DVC digest (its content address in the cache);
+    `known` holds digests already computed, by path relative to root."""
     import warnings
 
     import mlflow
@@ -159,7 +163,9 @@ def _log_dataset(
     if not path.exists():
         return
     rel = os.path.relpath(path, root)
-    digest = project.digests(root, [rel]).get(rel, "")
+    if rel not in known:  # e.g. a file inside an output directory
+        known.update(project.digests(root, [rel]))
+    digest = known.get(rel, "")
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(path.resolve()))
