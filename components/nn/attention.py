@@ -1,0 +1,168 @@
+"""Multi-head self- and cross-attention, softmax or linear.
+
+    x [B, N, dim] (queries), context [B, S, dim] (keys/values; defaults to x) -> [B, N, dim]
+
+softmax: `F.scaled_dot_product_attention`, O(N·S) time.
+linear: Katharopoulos et al. 2020 ("Transformers are RNNs"), feature map φ(x) = elu(x) + 1,
+
+    out_i = Σ_j (φ(q_i)·φ(k_j)) v_j / Σ_j φ(q_i)·φ(k_j)     (j <= i when causal)
+
+computed without the N×S weights: non-causal as φ(Q)(φ(K)ᵀV) / φ(Q)Σφ(K), causal by chunks
+(see `linear_attention`). O(N) time and memory in the sequence length.
+
+Masks: `key_padding_mask` is bool [B, S], True = padded (that key is ignored), as in
+`torch.nn.MultiheadAttention`. `causal` lets query i see keys j <= i (self-attention only).
+A query that sees no key at all (every key padded) gets a zero output, for both kinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from components.config import require
+
+AttentionKind = Literal["softmax", "linear"]
+
+
+@dataclass
+class AttentionConfig:
+    dim: int  # model width; split evenly over the heads
+    heads: int = 8
+    kind: AttentionKind = "softmax"
+    causal: bool = False  # query i sees keys j <= i; self-attention only
+    dropout: float = 0.0  # training only: on the output, and on softmax weights
+    chunk_size: int = 64  # causal linear attention: queries per chunk (C)
+    eps: float = 1e-6  # linear attention: floor of the normaliser
+
+    def __post_init__(self) -> None:
+        require(self.dim >= 1, "dim", self.dim, "an int >= 1")
+        require(self.heads >= 1, "heads", self.heads, "an int >= 1")
+        require(self.dim % self.heads == 0, "dim", self.dim, f"a multiple of heads={self.heads}")
+        require(self.kind in ("softmax", "linear"), "kind", self.kind, "'softmax' or 'linear'")
+        require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a float in [0, 1)")
+        require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "an int >= 1")
+        require(self.eps > 0.0, "eps", self.eps, "a float > 0")
+
+
+class MultiHeadAttention(nn.Module):
+    """Projections to heads, softmax or linear attention, output projection."""
+
+    def __init__(self, config: AttentionConfig):
+        super().__init__()
+        self.config = config
+        self.to_q = nn.Linear(config.dim, config.dim)
+        self.to_kv = nn.Linear(config.dim, 2 * config.dim)
+        self.out = nn.Linear(config.dim, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """x [B, N, dim]; context [B, S, dim] or None (self-attention, S = N);
+        key_padding_mask bool [B, S], True = padded. Returns [B, N, dim]."""
+        cfg = self.config
+        if context is not None and cfg.causal:
+            raise ValueError("causal attention is self-attention: pass no context")
+        source = x if context is None else context
+        q = self._split_heads(self.to_q(x))
+        k, v = map(self._split_heads, self.to_kv(source).chunk(2, dim=-1))
+        if cfg.kind == "softmax":
+            p = cfg.dropout if self.training else 0.0
+            out = softmax_attention(q, k, v, cfg.causal, key_padding_mask, dropout_p=p)
+        else:
+            out = linear_attention(q, k, v, cfg.causal, key_padding_mask, cfg.chunk_size, cfg.eps)
+        b, h, n, d = out.shape
+        return self.dropout(self.out(out.transpose(1, 2).reshape(b, n, h * d)))
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        """[B, L, H·D] -> [B, H, L, D]"""
+        b, length, _ = t.shape
+        return t.view(b, length, self.config.heads, -1).transpose(1, 2)
+
+
+def softmax_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """softmax(QKᵀ/√D + mask) V through SDPA. q [B, H, N, D], k [B, H, S, D], v [B, H, S, Dv],
+    key_padding_mask bool [B, S] (True = padded) -> [B, H, N, Dv]."""
+    if key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+    allowed = ~key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
+    if causal:
+        n, s = q.shape[-2], k.shape[-2]
+        allowed = allowed & torch.ones(n, s, dtype=torch.bool, device=q.device).tril()
+    # A query row with no allowed key would softmax to NaN: let it see everything, then zero it.
+    sees_a_key = allowed.any(dim=-1, keepdim=True)  # [B, 1, N or 1, 1]
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed | ~sees_a_key, dropout_p=dropout_p
+    )
+    return out.masked_fill(~sees_a_key, 0.0)
+
+
+def elu_feature_map(x: Tensor) -> Tensor:
+    """φ(x) = elu(x) + 1 > 0, so every weight φ(q)·φ(k) is positive."""
+    return F.elu(x) + 1.0
+
+
+def linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Linear attention with φ = elu + 1. q [B, H, N, D], k [B, H, S, D], v [B, H, S, Dv],
+    key_padding_mask bool [B, S] (True = padded) -> [B, H, N, Dv].
+
+    Padded keys get φ(k) = 0, so they add nothing to numerator or normaliser; the normaliser is
+    floored at `eps`, so a query that sees no key returns 0 instead of NaN.
+    """
+    phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
+    if key_padding_mask is not None:
+        phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+    # A column of ones after V: the same products then give the normaliser Σ_j φ(q_i)·φ(k_j)
+    # as a last output column, with no separate pass for it.
+    v_one = F.pad(v, (0, 1), value=1.0)  # [B, H, S, Dv + 1]
+    if causal:
+        sums = _causal_linear_sums(phi_q, phi_k, v_one, chunk_size)
+    else:
+        sums = phi_q @ (phi_k.transpose(-2, -1) @ v_one)  # [B, H, N, Dv + 1]
+    # split, not slicing: its backward concatenates instead of zero-filling per slice.
+    num, den = sums.split([v.shape[-1], 1], dim=-1)
+    return num / den.clamp_min(eps)
+
+
+def _causal_linear_sums(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk: int) -> Tensor:
+    """Σ_{j <= i} (φ(q_i)·φ(k_j)) v_j: phi_q, phi_k [B, H, N, D], v [B, H, N, E] -> [B, H, N, E].
+
+    With M = ⌈N / C⌉ chunks of C queries: inside a chunk the C×C weights are explicit and
+    masked; keys of earlier chunks come through a D×E state per chunk, the exclusive cumulative
+    sum of the chunks' φ(K)ᵀV. Memory O(N·C + M·D·E), never N·D·E.
+    """
+    n = phi_q.shape[-2]
+    if phi_k.shape[-2] != n:
+        raise ValueError("causal attention needs as many keys as queries")
+    pad = -n % chunk  # zero rows: padded keys add nothing, padded queries are dropped below
+    if pad:
+        phi_q, phi_k, v = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v))
+    qc, kc, vc = (t.unflatten(-2, (-1, chunk)) for t in (phi_q, phi_k, v))
+    # qc, kc [B, H, M, C, D]; vc [B, H, M, C, E]
+
+    sums = (qc @ kc.transpose(-2, -1)).tril_() @ vc  # C×C weights, key j <= query i
+    chunk_kv = kc.transpose(-2, -1) @ vc  # [B, H, M, D, E]
+    # Chunk m sees the state of chunks 0..m-1: shift by one chunk, then cumulative sum.
+    past_kv = F.pad(chunk_kv[:, :, :-1], (0, 0, 0, 0, 1, 0)).cumsum(dim=2)
+    sums = sums.add_(qc @ past_kv).flatten(2, 3)
+    return sums[:, :, :n] if pad else sums

@@ -1,0 +1,172 @@
+"""Pre-norm Transformer encoder and decoder stacks over `MultiHeadAttention`.
+
+    encoder block: x += attn(norm(x));                 x += mlp(norm(x))
+    decoder block: x += causal_attn(norm(x));  x += cross_attn(norm(x), context);  x += mlp(norm(x))
+    stack:         x + position -> dropout -> blocks -> norm
+
+The stacks take features, not token ids: x [B, N, dim] -> [B, N, dim].
+
+Gradient checkpointing (`gradient_checkpointing: true`): in training with grad enabled, each
+block runs under `torch.utils.checkpoint.checkpoint(use_reentrant=False)`, which keeps only
+the block's inputs and recomputes its activations in backward. The RNG state is restored for
+the recomputation, so dropout masks and gradients equal those of the unchecked model. The last
+block is left out: backward starts with it, so its recomputed activations would be alive at
+the same moment as the stored ones are; checkpointing it costs a forward and lowers no peak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from components.config import require
+from components.nn.attention import AttentionConfig, AttentionKind, MultiHeadAttention
+from components.nn.positional import PositionEmbedding, PositionKind
+
+
+@dataclass
+class TransformerConfig:
+    dim: int = 256
+    depth: int = 4  # blocks
+    heads: int = 4
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim
+    attention: AttentionKind = "softmax"
+    dropout: float = 0.0  # training only: embeddings, attention and MLP outputs
+    position: PositionKind = "sinusoidal"
+    max_len: int = 2048  # longest sequence the position table covers
+    gradient_checkpointing: bool = False
+    chunk_size: int = 64  # causal linear attention, see AttentionConfig
+
+    def __post_init__(self) -> None:
+        require(self.depth >= 1, "depth", self.depth, "an int >= 1")
+        require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a float > 0")
+        require(self.max_len >= 1, "max_len", self.max_len, "an int >= 1")
+        require(
+            self.position != "sinusoidal" or self.dim % 2 == 0,
+            "dim",
+            self.dim,
+            "an even int for sinusoidal positions",
+        )
+        self.attention_config()  # checks dim, heads, attention, dropout and chunk_size
+
+    def attention_config(self, causal: bool = False) -> AttentionConfig:
+        return AttentionConfig(
+            dim=self.dim,
+            heads=self.heads,
+            kind=self.attention,
+            causal=causal,
+            dropout=self.dropout,
+            chunk_size=self.chunk_size,
+        )
+
+
+class Mlp(nn.Sequential):
+    """[B, N, dim] -> [B, N, dim] through a GELU hidden layer of mlp_ratio * dim."""
+
+    def __init__(self, config: TransformerConfig):
+        hidden = round(config.mlp_ratio * config.dim)
+        super().__init__(
+            nn.Linear(config.dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, config.dim),
+            nn.Dropout(config.dropout),
+        )
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.norm_attn, self.norm_mlp = nn.LayerNorm(config.dim), nn.LayerNorm(config.dim)
+        self.attn = MultiHeadAttention(config.attention_config())
+        self.mlp = Mlp(config)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x [B, N, dim], key_padding_mask bool [B, N] (True = padded) -> [B, N, dim]"""
+        x = x + self.attn(self.norm_attn(x), key_padding_mask=key_padding_mask)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(config.dim)
+        self.norm_cross = nn.LayerNorm(config.dim)
+        self.norm_mlp = nn.LayerNorm(config.dim)
+        self.self_attn = MultiHeadAttention(config.attention_config(causal=True))
+        self.cross_attn = MultiHeadAttention(config.attention_config())
+        self.mlp = Mlp(config)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        key_padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """x [B, N, dim], context [B, S, dim]; masks bool [B, N] and [B, S], True = padded.
+        Returns [B, N, dim]."""
+        x = x + self.self_attn(self.norm_self(x), key_padding_mask=key_padding_mask)
+        x = x + self.cross_attn(
+            self.norm_cross(x), context=context, key_padding_mask=context_padding_mask
+        )
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class _Stack(nn.Module):
+    """Position embedding, blocks (checkpointed if configured), final norm."""
+
+    def __init__(self, config: TransformerConfig, blocks: Iterable[nn.Module]):
+        super().__init__()
+        self.config = config
+        self.position = PositionEmbedding(config.position, config.dim, config.max_len)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(config.dim)
+
+    def _run(self, x: Tensor, *block_args: Tensor | None) -> Tensor:
+        x = self.dropout(self.position(x))
+        # Checkpointing only pays off when backward follows; in eval or no_grad it would only
+        # add overhead.
+        use_checkpoint = (
+            self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        )
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if use_checkpoint and i < last:
+                x = checkpoint(block, x, *block_args, use_reentrant=False)
+            else:
+                x = block(x, *block_args)
+        return self.norm(x)
+
+
+class TransformerEncoder(_Stack):
+    """Stack of `depth` pre-norm encoder blocks (bidirectional self-attention)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config, (EncoderBlock(config) for _ in range(config.depth)))
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x [B, N, dim], key_padding_mask bool [B, N] (True = padded) -> [B, N, dim]"""
+        return self._run(x, key_padding_mask)
+
+
+class TransformerDecoder(_Stack):
+    """Stack of `depth` pre-norm decoder blocks (causal self-attention + cross-attention)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config, (DecoderBlock(config) for _ in range(config.depth)))
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        key_padding_mask: Tensor | None = None,
+        context_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """x [B, N, dim], context [B, S, dim] (e.g. encoder output); masks bool [B, N] and
+        [B, S], True = padded. Returns [B, N, dim]."""
+        return self._run(x, context, key_padding_mask, context_padding_mask)

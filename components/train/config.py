@@ -1,0 +1,86 @@
+"""`TrainConfig`: everything the training engine reads, one `params.yaml` section.
+
+`batch_size` is the global batch of one optimizer step: it is split into `grad_accum`
+micro-batches, and each micro-batch across the `world_size` ranks, so the same config gives
+the same training on 1 process or W (`batch_size % (grad_accum * W) == 0`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from components.config import require
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16"]
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps in total (a resumed run continues up to it)
+    batch_size: int = 32  # global samples per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    min_lr: float = 0.0  # where cosine/linear decay ends
+    weight_decay: float = 0.0  # decoupled; applied to weights with ndim >= 2 only
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0  # linear ramp from lr/warmup_steps up to lr
+    schedule: Schedule = "cosine"
+    clip_grad_norm: float | None = 1.0  # None: no clipping (the norm is still logged)
+    ema_decay: float | None = None  # None: no EMA; else ema = decay * ema + (1 - decay) * w
+    val_every: int | None = None  # steps between validations (and at the last step)
+    val_batch_size: int | None = None  # global; None: batch_size
+    log_every: int = 10  # steps between train metrics
+    checkpoint_every: int | None = None  # steps between checkpoints (and at the last step)
+    keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted
+    seed: int = 0
+    device: Device = "auto"  # auto: cuda > mps > cpu
+    precision: Precision = "auto"  # auto: bf16 autocast on cuda, fp32 elsewhere
+    shuffle: bool = True  # a fresh permutation per epoch, from (seed, epoch)
+    num_workers: int = 0  # DataLoader worker processes
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "log_every": self.log_every,
+            "keep_checkpoints": self.keep_checkpoints,
+        }
+        for key, value in positive.items():
+            require(value >= 1, key, value, "an int >= 1")
+        for key in ("val_every", "val_batch_size", "checkpoint_every"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, value, "None or an int >= 1")
+        require(
+            self.batch_size % self.grad_accum == 0,
+            "batch_size",
+            self.batch_size,
+            f"a multiple of grad_accum = {self.grad_accum}",
+        )
+        require(self.seed >= 0, "seed", self.seed, "an int >= 0")
+        require(self.lr > 0, "lr", self.lr, "a float > 0")
+        require(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"in [0, lr = {self.lr}]")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas",
+            self.betas,
+            "two floats in [0, 1)",
+        )
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an int >= 0")
+        require(
+            self.schedule in get_args(Schedule), "schedule", self.schedule, "cosine|linear|constant"
+        )
+        clip = self.clip_grad_norm
+        require(clip is None or clip > 0, "clip_grad_norm", clip, "None or a float > 0")
+        decay = self.ema_decay
+        require(decay is None or 0 <= decay < 1, "ema_decay", decay, "None or a float in [0, 1)")
+        require(self.device in get_args(Device), "device", self.device, "one of auto|cpu|cuda|mps")
+        require(
+            self.precision in get_args(Precision), "precision", self.precision, "auto|fp32|bf16"
+        )
+        require(self.num_workers >= 0, "num_workers", self.num_workers, "an int >= 0")

@@ -1,0 +1,42 @@
+"""Device selection (`auto`: cuda > mps > cpu) and the autocast precision that goes with it."""
+
+from __future__ import annotations
+
+import torch
+
+from components.config import ConfigError
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The torch device for config `device`; under DDP on CUDA, the rank's own GPU.
+
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", name, "an available device (CUDA is not available)")
+        return torch.device("cuda", local_rank)
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device", name, "an available device (MPS is not available)")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError("device", name, "one of auto|cpu|cuda|mps")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for `bf16`, and for `auto` on CUDA; None (no autocast, fp32) otherwise."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    if precision in ("auto", "fp32"):
+        return None
+    raise ConfigError("precision", precision, "one of auto|fp32|bf16")

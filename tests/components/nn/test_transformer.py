@@ -1,0 +1,186 @@
+import math
+
+import pytest
+import torch
+
+from components.config import ConfigError, build
+from components.nn.positional import PositionEmbedding, sinusoidal_table
+from components.nn.transformer import (
+    DecoderBlock,
+    EncoderBlock,
+    TransformerConfig,
+    TransformerDecoder,
+    TransformerEncoder,
+)
+
+DIM = 16
+
+
+def config(**overrides) -> TransformerConfig:
+    base = dict(dim=DIM, depth=3, heads=4, mlp_ratio=2.0, max_len=64, chunk_size=8)
+    return TransformerConfig(**(base | overrides))
+
+
+def build_stack(kind: str, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cls = TransformerEncoder if kind == "encoder" else TransformerDecoder
+    return cls(config(**overrides))
+
+
+def inputs(kind: str) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 20, DIM, generator=gen)
+    pad = torch.zeros(2, 20, dtype=torch.bool)
+    pad[1, 15:] = True
+    if kind == "encoder":
+        return x, pad
+    context = torch.randn(2, 9, DIM, generator=gen)
+    context_pad = torch.zeros(2, 9, dtype=torch.bool)
+    context_pad[0, 6:] = True
+    return x, context, pad, context_pad
+
+
+def loss_and_grads(model: torch.nn.Module, args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(123)  # same dropout masks in both runs
+    loss = model(*args).square().mean()
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def count_block_calls(model: torch.nn.Module) -> list[int]:
+    calls = [0] * len(model.blocks)
+    for i, block in enumerate(model.blocks):
+        # A pre-hook: recomputation may stop early, before a block's forward returns.
+        block.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_checkpointing_gives_the_same_loss_and_gradients(kind, attention):
+    plain = build_stack(kind, attention=attention, dropout=0.1, position="learned")
+    checked = build_stack(
+        kind, attention=attention, dropout=0.1, position="learned", gradient_checkpointing=True
+    )
+    checked.load_state_dict(plain.state_dict())
+    plain.train(), checked.train()
+    calls = count_block_calls(checked)
+
+    loss, grads = loss_and_grads(plain, inputs(kind))
+    forward_calls = list(calls)
+    checked_loss, checked_grads = loss_and_grads(checked, inputs(kind))
+
+    assert forward_calls == [0, 0, 0]
+    # Forward, then recomputed in backward; the last block is not checkpointed (no gain).
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(checked_loss, loss, rtol=0, atol=0)
+    assert grads.keys() == checked_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(checked_grads[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+    assert sum(g.abs().sum() for g in grads.values()) > 0
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_checkpointing_is_off_in_eval_and_without_grad(kind):
+    model = build_stack(kind, gradient_checkpointing=True)
+    calls = count_block_calls(model)
+    with torch.no_grad():
+        model(*inputs(kind))
+    assert calls == [1, 1, 1]
+    model.eval()
+    model(*inputs(kind)).sum().backward()
+    assert calls == [2, 2, 2]
+    model.train()
+    model(*inputs(kind)).sum().backward()
+    assert calls == [4, 4, 3]
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_decoder_is_causal_and_reads_the_context(attention):
+    model = build_stack("decoder", attention=attention).eval()
+    x, context, _, _ = inputs("decoder")
+    out = model(x, context)
+    later = x.clone()
+    # Random, not constant: a shift equal across features is what LayerNorm removes.
+    later[:, 12:] += torch.randn(2, 8, DIM)
+    torch.testing.assert_close(model(later, context)[:, :12], out[:, :12])
+    assert not torch.allclose(model(later, context)[:, 12:], out[:, 12:], atol=1e-3)
+    assert not torch.allclose(model(x, context + torch.randn_like(context)), out, atol=1e-3)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_encoder_ignores_padded_positions(attention):
+    model = build_stack("encoder", attention=attention).eval()
+    x, pad = inputs("encoder")
+    out = model(x, pad)
+    garbage = x.clone()
+    garbage[1, 15:] = 100.0
+    changed = model(garbage, pad)
+    torch.testing.assert_close(changed[:, :15], out[:, :15])
+    torch.testing.assert_close(changed[0], out[0])
+    # Bidirectional: an early position sees a late one.
+    later = x.clone()
+    later[:, 14] += torch.randn(2, DIM)
+    assert not torch.allclose(model(later, pad)[:, 0], out[:, 0], atol=1e-3)
+
+
+def test_encoder_without_positions_is_permutation_equivariant():
+    x, _ = inputs("encoder")
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    model = build_stack("encoder", position="none").eval()
+    torch.testing.assert_close(model(x[:, perm]), model(x)[:, perm])
+    model = build_stack("encoder", position="sinusoidal").eval()
+    assert not torch.allclose(model(x[:, perm]), model(x)[:, perm], atol=1e-3)
+
+
+def test_blocks_keep_the_shape():
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 7, DIM), torch.randn(2, 3, DIM)
+    assert EncoderBlock(config())(x).shape == (2, 7, DIM)
+    assert DecoderBlock(config())(x, context).shape == (2, 7, DIM)
+
+
+def test_sinusoidal_table_matches_the_formula():
+    table = sinusoidal_table(200, 8)
+    for pos, i in [(0, 0), (1, 0), (7, 1), (199, 3)]:
+        angle = pos / 10000 ** (2 * i / 8)
+        assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+        assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert table[0].tolist() == [0.0, 1.0] * 4
+    with pytest.raises(ValueError, match="even dim"):
+        sinusoidal_table(4, 7)
+
+
+def test_position_embeddings_add_their_table():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    sinusoidal = PositionEmbedding("sinusoidal", 8, max_len=10)
+    torch.testing.assert_close(sinusoidal(x), x + sinusoidal_table(5, 8))
+    assert list(sinusoidal.parameters()) == [] and sinusoidal.state_dict() == {}
+
+    learned = PositionEmbedding("learned", 8, max_len=10)
+    assert [p.shape for p in learned.parameters()] == [(10, 8)]
+    assert 0.01 < learned.table.std().item() < 0.04
+    out = learned(x)
+    torch.testing.assert_close(out, x + learned.table[:5])
+    out.sum().backward()
+    assert learned.table.grad[:5].eq(2.0).all() and learned.table.grad[5:].eq(0.0).all()
+
+    assert PositionEmbedding("none", 8, max_len=10)(x) is x
+    with pytest.raises(ValueError, match="max_len 10"):
+        sinusoidal(torch.randn(1, 11, 8))
+
+
+def test_config_validation_names_the_key():
+    with pytest.raises(ConfigError, match="depth = 0"):
+        config(depth=0)
+    with pytest.raises(ConfigError, match="dim = 15: expected a multiple of heads=4"):
+        config(dim=15, position="none")
+    with pytest.raises(ConfigError, match="dim = 7: expected an even int"):
+        config(dim=7, heads=1)
+    with pytest.raises(ConfigError, match="model.position = 'rope'"):
+        build(TransformerConfig, {"position": "rope"}, where="model")
+    cfg = build(
+        TransformerConfig, {"dim": 32, "attention": "linear", "gradient_checkpointing": True}
+    )
+    assert (cfg.dim, cfg.attention, cfg.gradient_checkpointing) == (32, "linear", True)

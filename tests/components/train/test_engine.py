@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from components.train import CheckpointError, checkpoint, lr_at, rng, train
+from components.train.data import BatchPlan
+from tests.components.train.train_script import ToyTask, config
+
+
+def _run(task, cfg, checkpoint_dir=None):
+    seen: dict[int, dict[str, float]] = {}
+    result = train(task, cfg, checkpoint_dir, lambda step, m: seen.setdefault(step, m))
+    return result, seen
+
+
+def _weights(*models: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for model in models for p in model.parameters()]
+
+
+def test_one_step_matches_hand_computed_full_batch_adamw():
+    task = ToyTask(dropout=0.0)
+    cfg = config(steps=1, batch_size=16, grad_accum=4, clip_grad_norm=None, ema_decay=None)
+    result, seen = _run(task, cfg)
+
+    rng.seed_all(cfg.seed)
+    model = task.model()
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.parameters() if p.ndim == 2], "weight_decay": 0.1},
+            {"params": [p for p in model.parameters() if p.ndim == 1], "weight_decay": 0.0},
+        ],
+        lr=lr_at(0, cfg),
+    )
+    first = BatchPlan(len(task.train_data), 16, seed=cfg.seed).order(0)[:16].tolist()
+    x, y = task.train_data[first]
+    loss = (model(x) - y).pow(2).mean()
+    loss.backward()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    opt.step()
+    assert seen[1]["train/loss"] == pytest.approx(loss.item(), rel=1e-5)
+    assert seen[1]["train/grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+    assert seen[1]["train/lr"] == pytest.approx(cfg.lr / cfg.warmup_steps)
+    for got, expected in zip(_weights(result.model), _weights(model), strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_accumulating_4_micro_batches_equals_one_big_batch():
+    # Clipping is active (norms are ~2-5), so a wrong loss scale would change the weights.
+    common = dict(steps=6, batch_size=16, clip_grad_norm=0.5, ema_decay=0.8, val_every=None)
+    big, big_seen = _run(ToyTask(dropout=0.0), config(grad_accum=1, **common))
+    acc, acc_seen = _run(ToyTask(dropout=0.0), config(grad_accum=4, **common))
+    assert big_seen[6]["train/grad_norm"] > 0.5
+    for step in big_seen:
+        for key in ("train/loss", "train/grad_norm", "train/mae"):
+            assert acc_seen[step][key] == pytest.approx(big_seen[step][key], rel=1e-5)
+    for a, b in zip(_weights(acc.model, acc.ema), _weights(big.model, big.ema), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_metrics_validation_and_checkpoints(tmp_path):
+    cfg = config(steps=12, log_every=4, val_every=6, checkpoint_every=4, keep_checkpoints=2)
+    result, seen = _run(ToyTask(), cfg, tmp_path)
+    assert sorted(seen) == [4, 6, 8, 12]
+    assert sorted(seen[4]) == ["train/grad_norm", "train/loss", "train/lr", "train/mae"]
+    assert sorted(seen[6]) == ["val/loss", "val/mae", "val_ema/loss", "val_ema/mae"]
+    assert set(seen[12]) == set(seen[4]) | set(seen[6])
+    assert seen[8]["train/lr"] == pytest.approx(lr_at(7, cfg))
+    assert result.metrics == {**seen[6], **seen[4], **seen[8], **seen[12]}
+    assert result.step == 12 and result.resumed_from is None
+    names = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
+    assert names == ["step-00000008.pt", "step-00000012.pt"]
+
+
+def test_validation_is_deterministic_and_uses_the_ema():
+    task = ToyTask()
+    result, seen = _run(task, config(steps=5, val_every=5))
+    x, y = task.val_data.tensors
+    with torch.no_grad():
+        val = (result.model.eval()(x) - y).pow(2).mean().item()
+        val_ema = (result.ema(x) - y).pow(2).mean().item()
+    assert seen[5]["val/loss"] == pytest.approx(val, rel=1e-5)
+    assert seen[5]["val_ema/loss"] == pytest.approx(val_ema, rel=1e-5)
+    assert val != pytest.approx(val_ema)
+
+
+def test_finished_run_returns_at_once(tmp_path):
+    cfg = config(steps=6)
+    first, _ = _run(ToyTask(), cfg, tmp_path)
+    again, seen = _run(ToyTask(), cfg, tmp_path)
+    assert (again.step, again.resumed_from, seen) == (6, 6, {})
+    for a, b in zip(
+        _weights(again.model, again.ema), _weights(first.model, first.ema), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+class WiderTask(ToyTask):
+    def model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Dropout(0.2), nn.Linear(32, 1))
+
+
+@pytest.mark.parametrize(
+    ("task", "overrides", "message"),
+    [
+        (WiderTask(), {}, r"incompatible model: 0.weight has shape \(16, 8\) in the checkpoint"),
+        (ToyTask(), {"batch_size": 4}, "batch_size 8 in the checkpoint, 4 in the config"),
+        (ToyTask(train_size=50), {}, "trained on 60 samples, train_data has 50"),
+        (ToyTask(), {"ema_decay": 0.5}, "has no EMA weights, but ema_decay is set"),
+    ],
+)
+def test_incompatible_checkpoint_names_the_file(tmp_path, task, overrides, message):
+    _run(ToyTask(), config(steps=2, ema_decay=None), tmp_path)
+    path = checkpoint.path_for(tmp_path, 2)
+    with pytest.raises(CheckpointError, match=f"^{path}: {message}"):
+        train(task, config(**{"steps": 4, "ema_decay": None, **overrides}), tmp_path)
+
+
+def test_bf16_autocast_runs_on_cpu():
+    result, seen = _run(ToyTask(), config(steps=3, precision="bf16", device="cpu"))
+    assert result.step == 3 and math.isfinite(seen[3]["train/loss"])
+    assert next(result.model.parameters()).dtype == torch.float32  # autocast, not a cast
