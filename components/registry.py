@@ -11,6 +11,8 @@ COMPONENTS: dict[str, str] = {
     "text.corpus": "components.text.corpus",
     "text.bpe": "components.text.bpe_stage",
     "text.tokenize": "components.text.tokenize",
+    "text.word2vec": "components.text.word2vec_stage",
+    "text.embedding_eval": "components.text.embedding_eval",
 }
 
 

@@ -25,10 +25,14 @@ class StageIO:
     inputs:  name -> existing path (file or directory) declared in the stage's deps.
     outputs: name -> path to create. The runner points these into a scratch directory and
              moves them into place only after `run` returns, so a component writes plainly.
+    work:    a directory that outlives a failed or killed run of this stage with the same
+             config and inputs (checkpoints go here, so a rerun resumes); the runner removes
+             it once the stage succeeds. None: nothing to resume from (e.g. in unit tests).
     """
 
     inputs: dict[str, Path]
     outputs: dict[str, Path]
+    work: Path | None = None
 
 
 @dataclass
@@ -46,8 +50,8 @@ class StageResult:
     """What a stage reports back.
 
     metrics:   final scalar metrics, written to the stage's DVC metrics file and MLflow.
-               Name wall-clock timings `*_seconds`: they go to MLflow only, so that the
-               metrics file (a versioned output) is reproducible.
+               Name wall-clock figures `*_seconds` or `*_per_second`: they go to MLflow
+               only, so that the metrics file (a versioned output) is reproducible.
     curves:    step-wise series name -> [(step, value), ...], logged as MLflow metric history
                and written as the stage's DVC plots file.
     artifacts: small files worth attaching to the tracking run (large outputs go by reference).

@@ -99,6 +99,9 @@ def deploy(root: Path, names: list[str] | None = None) -> int:
     env["LOOM_GIT_COMMIT"] = git["git.commit"]
     env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(root))
     env.setdefault("LOOM_DVC_REMOTE", "")
+    # Workers clone afresh for every run: checkpoints of interrupted training must live on
+    # the worker's stable disk for a rerun to resume them.
+    env.setdefault("LOOM_WORK_DIR", str(Path.home() / ".cache" / "loom" / "work"))
     env.setdefault(tracking.EXPERIMENT_ENV, tracking.DEFAULT_EXPERIMENT)
     cmd = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy"]
     cmd += [f"--name={d['name']}" for d in chosen] if names else ["--all"]

@@ -7,7 +7,10 @@ success; the MLflow run records the outcome either way.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -21,6 +24,7 @@ from components.stage import Dataset, Stage, StageInputError, StageIO
 from flows import atomic, params, project, tracking
 
 RUN_INFO_ENV = "LOOM_RUN_INFO"  # where `loom run` asks the stage to leave its run id + metrics
+WORK_DIR_ENV = "LOOM_WORK_DIR"  # stable base directory for stages' resumable work dirs
 
 
 @dataclass
@@ -103,13 +107,15 @@ def run_stage(root: Path, name: str) -> Outcome:
             _log_dataset(root, role, path, "input", known)
 
         targets = {role: root / p for role, p in spec.outputs.items()}
+        work = work_dir(root, name, resolved, known)
         try:
             with atomic.staged_outputs(targets) as scratch:
-                result = stage.run(config, StageIO(inputs=inputs, outputs=scratch))
+                result = stage.run(config, StageIO(inputs=inputs, outputs=scratch, work=work))
                 moved = {str(scratch[r]): str(targets[r]) for r in targets}
         except BaseException as err:
             mlflow.set_tag("loom.error", f"{type(err).__name__}: {err}"[:5000])
             raise
+        shutil.rmtree(work, ignore_errors=True)
         seconds = time.time() - started
         metrics = {k: float(v) for k, v in result.metrics.items()}
         metrics["stage_seconds"] = round(seconds, 3)
@@ -134,6 +140,19 @@ def run_stage(root: Path, name: str) -> Outcome:
     if os.environ.get(RUN_INFO_ENV):
         atomic.write_json(Path(os.environ[RUN_INFO_ENV]), outcome.__dict__)
     return outcome
+
+
+def work_dir(root: Path, name: str, config: dict, deps: dict[str, str]) -> Path:
+    """The stage's resumable work directory: keyed by stage, config and dependency digests, so
+    a rerun after a kill finds its checkpoints and a changed stage never resumes stale ones.
+    Under $LOOM_WORK_DIR when set (a worker's stable disk: each deployment run clones afresh),
+    else `.loom/work/` in the project."""
+    key = json.dumps([name, config, deps], sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    base = Path(os.environ.get(WORK_DIR_ENV) or root / ".loom" / "work")
+    path = base / f"{name.replace('@', '-')}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _relocate(path: str, moved: dict[str, str]) -> str:
@@ -176,6 +195,10 @@ def _log_dataset(
     mlflow.log_input(dataset, context=context, tags=tags)
 
 
+def is_wall_clock(metric: str) -> bool:
+    return metric.endswith(("_seconds", "_per_second")) or metric == "seconds"
+
+
 def write_reports(
     root: Path,
     spec: project.StageSpec,
@@ -184,10 +207,11 @@ def write_reports(
 ) -> None:
     """The stage's declared DVC metrics (JSON/YAML) and plots (JSON records by step) files.
 
-    Wall-clock metrics (`*_seconds`) go to MLflow only: the DVC metrics file is a versioned
-    output, and the same inputs must give the same bytes (and the same dvc.lock).
+    Wall-clock metrics (`*_seconds`, `*_per_second`) go to MLflow only: the DVC metrics file
+    is a versioned output, and the same inputs must give the same bytes (and the same
+    dvc.lock).
     """
-    metrics = {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+    metrics = {k: v for k, v in metrics.items() if not is_wall_clock(k)}
     for rel in spec.metrics:
         target = root / rel
         if target.suffix in (".yaml", ".yml"):

@@ -19,11 +19,9 @@ import pytest
 import yaml
 
 from flows import services
-from tests.conftest import dvc, git, loom, make_project
+from tests.conftest import ALL_STAGES, dvc, git, loom, make_project
 
 pytestmark = pytest.mark.slow
-
-ALL_STAGES = ["stdlib_text", "corpus", "bpe@small", "bpe@large", "tokenize@small", "tokenize@large"]
 
 
 def free_port() -> int:
@@ -91,14 +89,7 @@ def test_deployment_runs_on_a_worker_with_lineage_and_remote(stack, tmp_path):
     exp = client.get_experiment_by_name("deployed")
     runs = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{run.id}'")
     stages = {r.data.tags.get("loom.stage") for r in runs} - {None}
-    assert stages == {
-        "stdlib_text",
-        "corpus",
-        "bpe@small",
-        "bpe@large",
-        "tokenize@small",
-        "tokenize@large",
-    }
+    assert stages == set(ALL_STAGES)
     assert all(r.data.tags["loom.git.commit"] == head for r in runs)
     assert all(r.info.status == "FINISHED" for r in runs)
 

@@ -12,11 +12,9 @@ import pytest
 import yaml
 
 from flows import cli
-from tests.conftest import dvc, make_project
+from tests.conftest import ALL_STAGES, dvc, make_project
 
 pytestmark = pytest.mark.slow
-
-ALL_STAGES = ["stdlib_text", "corpus", "bpe@small", "bpe@large", "tokenize@small", "tokenize@large"]
 
 
 def loom_run(root, capsys, *args):

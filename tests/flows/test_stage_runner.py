@@ -131,3 +131,37 @@ def test_killed_mid_run_keeps_outputs_and_next_run_recovers(project, experiment)
     assert res.returncode == 0, res.stderr
     assert not scratch.exists()
     assert yaml.safe_load((project / "metrics" / "bpe_large.json").read_text())["vocab_size"] == 430
+
+
+def test_killed_training_resumes_from_its_last_epoch_checkpoint(project, experiment):
+    """A training stage killed mid-run resumes from its work directory's checkpoint on the
+    next run and ends with exactly the model an uninterrupted run trains."""
+    edit_params(project, lambda p: p["word2vec"].update(epochs=12, batch_size=16))
+    model = project / "data" / "word2vec" / "small" / "model.safetensors"
+    work = project / ".loom" / "work"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "loom"), "stage", "word2vec@small"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if list(work.glob("word2vec-small-*/checkpoint.safetensors")):
+            break  # at least one epoch is checkpointed
+        time.sleep(0.05)
+    assert proc.poll() is None, "stage finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (checkpoint,) = work.glob("word2vec-small-*/checkpoint.safetensors")
+
+    resumed = loom(project, "stage", "word2vec@small")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "word2vec: resuming after epoch" in resumed.stderr
+    assert not checkpoint.parent.exists(), "the work dir outlived a successful stage"
+    resumed_model = model.read_bytes()
+
+    fresh = loom(project, "stage", "word2vec@small")  # no checkpoint left: from scratch
+    assert fresh.returncode == 0 and "resuming" not in fresh.stderr
+    assert model.read_bytes() == resumed_model

@@ -1,0 +1,138 @@
+"""Loom's word2vec against gensim's, on the same real corpus with the same settings, in one run.
+
+    python benchmarks/word2vec.py [--words 2000000] [--mode skipgram|cbow|both]
+                                  [--device cpu|cuda] [--batch-size N]
+
+Corpus: real English prose that ships offline with Python itself and with the installed
+packages: the stdlib's help topics, docstrings and comments, then the docstrings of
+site-packages (sorted by path) until `--words` words; words as the pipeline's `unit: word`
+makes them (`word2vec_stage.words`), one document per sentence. Cached under
+.loom/bench/ after the first build (parsing site-packages takes a minute or two).
+
+Settings (the issue's): dim 100, window 5, negative 5, sample 1e-3, min_count 5, 5 epochs;
+gensim with as many workers as cores. Throughput = corpus words x epochs / wall seconds of
+the whole training call (vocabulary building included, for both). Quality, measured by
+gensim's own evaluators on both models' input vectors: WordSim353 Spearman rho and
+questions-words analogy accuracy (3CosAdd, restrict_vocab 30000).
+
+Targets: CPU throughput >= 1.0x gensim at rho >= gensim - 0.02 and analogy >= gensim - 1
+point; on a GPU machine (--device cuda) >= 20x gensim's 2-core throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from components.text.stdlib_text import iter_stdlib_documents  # noqa: E402
+from components.text.word2vec import Word2Vec, Word2VecConfig  # noqa: E402
+from components.text.word2vec_stage import words  # noqa: E402
+
+SETTINGS = dict(dim=100, window=5, negative=5, sample=1e-3, min_count=5, epochs=5)
+
+
+def corpus(n_words: int) -> list[list[str]]:
+    cache = ROOT / ".loom" / "bench" / f"w2v-corpus-{n_words}.jsonl"
+    if cache.is_file():
+        return [json.loads(line) for line in cache.open()]
+    sources = [
+        iter_stdlib_documents(("topics", "docstrings", "comments")),
+        iter_stdlib_documents(("docstrings",), stdlib_root=Path(sysconfig.get_paths()["purelib"])),
+    ]
+    sentences, total = [], 0
+    for docs in sources:
+        for _, text in docs:
+            ws = words(text)
+            if ws:
+                sentences.append(ws)
+                total += len(ws)
+            if total >= n_words:
+                break
+        if total >= n_words:
+            break
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    with tmp.open("w") as out:
+        out.writelines(json.dumps(s) + "\n" for s in sentences)
+    os.replace(tmp, cache)
+    return sentences
+
+
+def quality(keys: list[str], vectors) -> tuple[float, float, float]:
+    """(WordSim353 rho, its OOV %, analogy accuracy) by gensim's evaluators."""
+    from gensim.models import KeyedVectors
+    from gensim.test.utils import datapath
+
+    kv = KeyedVectors(vectors.shape[1])
+    kv.add_vectors(keys, vectors)
+    _, spearman, oov = kv.evaluate_word_pairs(datapath("wordsim353.tsv"))
+    accuracy, _ = kv.evaluate_word_analogies(datapath("questions-words.txt"))
+    return float(spearman.statistic), float(oov), float(accuracy)
+
+
+def run_gensim(sentences, mode: str, workers: int) -> tuple[float, tuple]:
+    from gensim.models import Word2Vec as GensimWord2Vec
+
+    s = SETTINGS
+    started = time.perf_counter()
+    model = GensimWord2Vec(
+        sentences, vector_size=s["dim"], window=s["window"], negative=s["negative"],
+        sample=s["sample"], min_count=s["min_count"], epochs=s["epochs"], workers=workers,
+        sg=int(mode == "skipgram"), hs=0, seed=1,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    return seconds, quality(list(model.wv.index_to_key), model.wv.vectors)
+
+
+def run_loom(sentences, mode: str, device: str, batch_size: int | None) -> tuple[float, tuple]:
+    config = Word2VecConfig(mode=mode, unit="word", device=device, progress=False, **SETTINGS)
+    if batch_size:
+        config.batch_size = batch_size
+    started = time.perf_counter()
+    model = Word2Vec.train(lambda: sentences, config)
+    seconds = time.perf_counter() - started
+    return seconds, quality(model.keys, model.vectors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--words", type=int, default=2_000_000)
+    parser.add_argument("--mode", choices=["skipgram", "cbow", "both"], default="both")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--gensim-workers", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    sentences = corpus(args.words)
+    n_words = sum(map(len, sentences))
+    print(f"corpus: {n_words:,} words in {len(sentences):,} documents; cores: {os.cpu_count()}")
+    print(f"settings: {SETTINGS}; gensim workers: {args.gensim_workers}; loom on {args.device}")
+    header = f"{'mode':9} {'impl':7} {'seconds':>8} {'words/s':>10} {'ws353 rho':>9} {'oov %':>6}"
+    print(header + f" {'analogy %':>9}")
+    for mode in ("skipgram", "cbow") if args.mode == "both" else (args.mode,):
+        g_sec, g_q = run_gensim(sentences, mode, args.gensim_workers)
+        l_sec, l_q = run_loom(sentences, mode, args.device, args.batch_size)
+        for impl, sec, q in (("gensim", g_sec, g_q), ("loom", l_sec, l_q)):
+            rate = n_words * SETTINGS["epochs"] / sec
+            row = f"{mode:9} {impl:7} {sec:8.2f} {rate:10,.0f} {q[0]:9.3f} {q[1]:6.1f}"
+            print(row + f" {q[2] * 100:9.2f}")
+        ratio, d_rho, d_acc = g_sec / l_sec, l_q[0] - g_q[0], (l_q[2] - g_q[2]) * 100
+        target = 20.0 if args.device == "cuda" else 1.0
+        ok = ratio >= target and d_rho >= -0.02 and d_acc >= -1.0
+        print(
+            f"{mode:9} ratio   throughput {ratio:.2f}x gensim (target >= {target:g}x), "
+            f"rho {d_rho:+.3f} (>= -0.02), analogy {d_acc:+.2f} points (>= -1): "
+            f"{'MET' if ok else 'NOT MET'}"
+        )
+
+
+if __name__ == "__main__":
+    main()

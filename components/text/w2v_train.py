@@ -1,0 +1,223 @@
+"""Batched negative-sampling SGD for word2vec (skip-gram and CBOW), in plain torch.
+
+word2vec.c updates one (center, context) pair at a time. Here a batch of centers is one
+set of gathers, batched matrix products and `index_add_` scatters, with gradients written
+by hand (no autograd). Skip-gram shares each center's negatives across its context words
+(the minibatching of Ji et al. 2016, used by BlazingText): per center, the context rows
+[2W, D] against the center + negative rows [1+K, D] are one small matrix product.
+
+Parallel yet deterministic: a batch is split into shards whose gradients are computed by
+worker threads from the same weights; then one thread applies every shard's input-matrix
+updates and another every output-matrix update, always in shard order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from components.text.w2v_data import Windows
+
+
+@dataclass
+class Gradients:
+    """Row updates of one shard, already scaled by the learning rate.
+
+    in_rows [n] / in_delta [n, D]: updates of the input (word) matrix
+    out_rows [m] / out_delta [m, D]: updates of the output (context) matrix
+    loss: summed negative log-likelihood over `pairs` (center, context) examples
+    """
+
+    in_rows: torch.Tensor
+    in_delta: torch.Tensor
+    out_rows: torch.Tensor
+    out_delta: torch.Tensor
+    loss: torch.Tensor
+    pairs: int
+
+
+def _targets(centers: torch.Tensor, negs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Output rows [B, 1+K] (center first), labels [B, 1+K], and which rows count: a negative
+    equal to the center is skipped, as in word2vec.c."""
+    targets = torch.cat([centers[:, None], negs], dim=1)
+    labels = torch.zeros(targets.shape, dtype=torch.float32, device=centers.device)
+    labels[:, 0] = 1.0
+    valid = targets != centers[:, None]
+    valid[:, 0] = True
+    return targets, labels, valid
+
+
+def skipgram_gradients(
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    centers: torch.Tensor,
+    context: torch.Tensor,
+    mask: torch.Tensor,
+    negs: torch.Tensor,
+    alpha: float,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+) -> Gradients:
+    """Skip-gram step: each context word's input vector predicts the center (and not the
+    negatives) through the output matrix, as word2vec.c's `-cbow 0`.
+
+    centers [B], context [B, 2W], mask [B, 2W] bool, negs [B, K]; w_in, w_out [V, D];
+    scale_in, scale_out [V]: per-row factors of this batch's updates (see `row_scales`).
+    """
+    targets, labels, valid = _targets(centers, negs)
+    x = w_in[context]  # [B, 2r, D]
+    y = w_out[targets]  # [B, 1+K, D]
+    logits = torch.bmm(x, y.transpose(1, 2))  # [B, 2r, 1+K]
+    weight = (mask[:, :, None] & valid[:, None, :]).to(logits.dtype)
+    g = (labels[:, None, :] - torch.sigmoid(logits)) * weight * alpha  # 0 at masked slots
+    in_delta = torch.bmm(g * scale_in[context][:, :, None], y)  # [B, 2r, D]
+    g_out = g * scale_out[targets][:, None, :]
+    out_delta = torch.bmm(g_out.transpose(1, 2), x)  # [B, 1+K, D]
+    signed = torch.where(labels[:, None, :] > 0, logits, -logits)
+    loss = -(F.logsigmoid(signed) * weight).sum()
+    dim = x.shape[-1]
+    return Gradients(
+        context.reshape(-1), in_delta.reshape(-1, dim), targets.reshape(-1),
+        out_delta.reshape(-1, dim), loss, int(mask.sum()),
+    )  # fmt: skip
+
+
+def cbow_gradients(
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    centers: torch.Tensor,
+    context: torch.Tensor,
+    mask: torch.Tensor,
+    negs: torch.Tensor,
+    alpha: float,
+    scale_in: torch.Tensor,
+    scale_out: torch.Tensor,
+) -> Gradients:
+    """CBOW step: the mean of the context input vectors predicts the center; every context
+    word receives the full hidden-layer error (word2vec.c `-cbow 1`, gensim `cbow_mean=1`).
+
+    Same shapes as `skipgram_gradients`; centers without any context word must be removed.
+    """
+    counts = mask.sum(dim=1, keepdim=True)  # [B, 1]
+    share = mask / counts  # [B, 2r]: the mean over the slots in the window
+    h = F.embedding_bag(context, w_in, mode="sum", per_sample_weights=share)  # [B, D]
+    targets, labels, valid = _targets(centers, negs)
+    y = w_out[targets]  # [B, 1+K, D]
+    logits = torch.bmm(y, h[:, :, None])[:, :, 0]  # [B, 1+K]
+    weight = valid.to(logits.dtype)
+    g = (labels - torch.sigmoid(logits)) * weight * alpha
+    dh = torch.bmm(g[:, None, :], y)[:, 0]  # [B, D]
+    out_delta = (g * scale_out[targets])[:, :, None] * h[:, None, :]  # [B, 1+K, D]
+    signed = torch.where(labels > 0, logits, -logits)
+    loss = -(F.logsigmoid(signed) * weight).sum()
+    in_delta = dh[:, None, :] * (mask * scale_in[context])[:, :, None]  # [B, 2r, D]
+    dim = h.shape[-1]
+    return Gradients(
+        context.reshape(-1), in_delta.reshape(-1, dim), targets.reshape(-1),
+        out_delta.reshape(-1, dim), loss, len(centers),
+    )  # fmt: skip
+
+
+def row_scales(
+    batch: Windows, negs: np.ndarray, mode: str, vocab_size: int, cap: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row factors min(1, cap / n) for the input and output matrices, n being how many
+    examples of the batch update that row. Sequential SGD recomputes the gradient after each
+    example; a batch sums them from the same weights, which overshoots on the few most
+    frequent units (a batch of 1024 centers updates the output row of "the" ~600 times).
+    Capping those rows keeps batched SGD stable; rows of ordinary units are untouched.
+    float32 [V] each (all ones when `cap` is None)."""
+    ones = np.ones(vocab_size, dtype=np.float32)
+    if cap is None:
+        return ones, ones
+    per_center = batch.mask.sum(axis=1)
+    n_in = np.bincount(batch.context[batch.mask], minlength=vocab_size)
+    targets = np.concatenate([batch.centers[:, None], negs], axis=1)
+    valid = targets != batch.centers[:, None]
+    valid[:, 0] = True
+    weights = np.broadcast_to(per_center[:, None], targets.shape) if mode == "skipgram" else None
+    n_out = np.bincount(
+        targets[valid], weights=None if weights is None else weights[valid], minlength=vocab_size
+    )
+    scale_in = np.minimum(1.0, cap / np.maximum(n_in, 1)).astype(np.float32)
+    scale_out = np.minimum(1.0, cap / np.maximum(n_out, 1)).astype(np.float32)
+    return scale_in, scale_out
+
+
+GRADIENTS: dict[str, Callable[..., Gradients]] = {
+    "skipgram": skipgram_gradients,
+    "cbow": cbow_gradients,
+}
+
+
+class SgdKernel:
+    """Applies batches to the two matrices, sharded over `workers` threads on CPU."""
+
+    def __init__(
+        self,
+        w_in: torch.Tensor,
+        w_out: torch.Tensor,
+        mode: str,
+        workers: int,
+        update_cap: int | None,
+    ):
+        self.w_in, self.w_out = w_in, w_out
+        self.gradients = GRADIENTS[mode]
+        self.mode, self.update_cap = mode, update_cap
+        self.device = w_in.device
+        self.workers = workers if self.device.type == "cpu" else 1
+        # Each thread runs its ops single-threaded: OpenMP teams on 2 shared cores stall.
+        self.pool = ThreadPoolExecutor(
+            max(self.workers, 2), initializer=torch.set_num_threads, initargs=(1,)
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def step(self, batch: Windows, negs: np.ndarray, alpha: float) -> tuple[float, int]:
+        """One update from `batch` with negatives [B, K]; returns (summed loss, examples)."""
+        keep = batch.mask.any(axis=1) if self.mode == "cbow" else None
+        arrays = [batch.centers, batch.context, batch.mask, negs]
+        if keep is not None and not keep.all():
+            arrays = [a[keep] for a in arrays]
+        if len(arrays[0]) == 0:
+            return 0.0, 0
+        scales = row_scales(
+            Windows(*arrays[:3]), arrays[3], self.mode, len(self.w_in), self.update_cap
+        )
+        scales = [torch.from_numpy(s).to(self.device) for s in scales]
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+        shards = list(zip(*(t.tensor_split(self.workers) for t in tensors), strict=True))
+        shards = [s for s in shards if len(s[0])]
+        if len(shards) == 1:
+            grads = [self.gradients(self.w_in, self.w_out, *shards[0], alpha, *scales)]
+        else:
+            jobs = [
+                self.pool.submit(self.gradients, self.w_in, self.w_out, *s, alpha, *scales)
+                for s in shards
+            ]
+            grads = [job.result() for job in jobs]
+        self._apply(grads)
+        loss = float(sum(g.loss for g in grads))
+        return loss, sum(g.pairs for g in grads)
+
+    def _apply(self, grads: list[Gradients]) -> None:
+        def apply_in() -> None:
+            for g in grads:
+                self.w_in.index_add_(0, g.in_rows, g.in_delta)
+
+        def apply_out() -> None:
+            for g in grads:
+                self.w_out.index_add_(0, g.out_rows, g.out_delta)
+
+        if len(grads) == 1:
+            apply_in(), apply_out()
+            return
+        jobs = [self.pool.submit(apply_in), self.pool.submit(apply_out)]
+        for job in jobs:
+            job.result()

@@ -1,0 +1,442 @@
+"""word2vec (skip-gram and CBOW with negative sampling) in plain torch, as word2vec.c trains it.
+
+    model = Word2Vec.train(sentences, Word2VecConfig(mode="skipgram"), tokenizer=tok)
+    model.most_similar("file", k=5); model.analogy("man", "king", "woman")
+    model.save("out/"); Word2Vec.load("out/").export_word2vec("vectors.bin", binary=True)
+
+`sentences` is a zero-argument callable returning a fresh pass over the corpus (sequences of
+token ids, or of words), so a corpus streamed from Parquet is never held in memory. What
+word2vec.c does is kept: `min_count`/`max_vocab`, frequent-unit subsampling, negatives from
+the unigram distribution ** 0.75, a window shrunk at random per center, a learning rate
+decaying linearly to `min_alpha_ratio` of its start, separate input and output matrices.
+The batched update itself is in `w2v_train.py`, the data path in `w2v_data.py`.
+
+Units: `token` models are trained on BPE ids; a word query is answered with the mean of the
+input vectors of the word's tokens (as the tokenizer splits " word", mid-sentence), so words
+the tokenizer splits still have vectors. `word` models are trained on whole words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from components.config import require
+from components.text.bpe import BpeTokenizer, bytes_to_unicode
+from components.text.w2v_data import (
+    AliasTable,
+    EncodedCorpus,
+    Sentences,
+    Vocabulary,
+    count_units,
+    subsample,
+    windows,
+)
+from components.text.w2v_train import SgdKernel
+
+FORMAT = 1
+CHUNK = 1 << 18  # positions per streamed chunk: bounds memory of the window arrays
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class EmptyCorpusError(ValueError):
+    """No training data: an empty stream, or a vocabulary empty after `min_count`."""
+
+
+@dataclass
+class Word2VecConfig:
+    """word2vec.c's options, plus how the batched trainer runs.
+
+    batch_size: centers per update (gradients of a batch are summed, so a larger batch is
+        faster but adds more updates of a frequent word at once).
+    update_cap: at most this many examples' worth of update per row and batch (null: no
+        cap); see `w2v_train.row_scales`.
+    workers: CPU threads (0: all cores); results do not depend on it.
+    device: "auto" takes CUDA when present; the same code runs on both.
+    lowercase: fold word queries (and `unit: word` training text, in the stage) to lower case.
+    """
+
+    mode: Literal["skipgram", "cbow"] = "skipgram"
+    unit: Literal["token", "word"] = "token"
+    dim: int = 100
+    window: int = 5
+    negative: int = 5
+    sample: float = 1e-3
+    min_count: int = 5
+    max_vocab: int | None = None
+    epochs: int = 5
+    alpha: float = 0.025
+    min_alpha_ratio: float = 1e-4
+    batch_size: int = 1024
+    update_cap: int | None = 32
+    workers: int = 0
+    seed: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lowercase: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.dim >= 1, "dim", self.dim, "an int >= 1")
+        require(self.window >= 1, "window", self.window, "an int >= 1")
+        require(self.negative >= 1, "negative", self.negative, "an int >= 1")
+        require(self.sample >= 0, "sample", self.sample, "a float >= 0")
+        require(self.min_count >= 1, "min_count", self.min_count, "an int >= 1")
+        if self.max_vocab is not None:
+            require(self.max_vocab >= 1, "max_vocab", self.max_vocab, "an int >= 1 or null")
+        require(self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
+        require(self.alpha > 0, "alpha", self.alpha, "a float > 0")
+        require(0 < self.min_alpha_ratio <= 1, "min_alpha_ratio", self.min_alpha_ratio, "in (0, 1]")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        if self.update_cap is not None:
+            require(self.update_cap >= 1, "update_cap", self.update_cap, "an int >= 1 or null")
+        require(self.workers >= 0, "workers", self.workers, "an int >= 0 (0: all cores)")
+
+    def training_digest(self) -> str:
+        """What the trained vectors depend on (not workers, device or progress bars)."""
+        fields = asdict(self)
+        for key in ("workers", "device", "progress", "lowercase"):
+            fields.pop(key)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device = 'cuda' but torch sees no CUDA device: use 'auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class Word2Vec:
+    """Trained input (word) and output (context) vectors over a vocabulary.
+
+    keys: display strings, most frequent first: words, or for token units GPT-2's printable
+        spelling of each token's bytes ("Ġthe").
+    vectors: float32 [V, D] input vectors (what queries use); output: [V, D].
+    history: mean loss per example at the end of each epoch.
+    """
+
+    def __init__(
+        self,
+        config: Word2VecConfig,
+        vocab: Vocabulary,
+        vectors: torch.Tensor,
+        output: torch.Tensor,
+        tokenizer: BpeTokenizer | None = None,
+        history: list[float] | None = None,
+    ):
+        self.config, self.vocab, self.tokenizer = config, vocab, tokenizer
+        self.vectors = vectors.detach().float().cpu().numpy()
+        self.output = output.detach().float().cpu().numpy()
+        self.history = list(history or [])
+        self.keys = [self._display(k) for k in vocab.keys]
+        self._index = {k: i for i, k in enumerate(vocab.keys)}
+        self._unit_rows: np.ndarray | None = None
+
+    # ---- training -------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        sentences: Sentences,
+        config: Word2VecConfig,
+        *,
+        tokenizer: BpeTokenizer | None = None,
+        work_dir: str | Path | None = None,
+        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> Word2Vec:
+        """Train on `sentences()`; with `work_dir`, checkpoint there after every epoch and
+        resume from the last finished epoch when a checkpoint made with the same data and
+        config is present (the result equals an uninterrupted run). `on_metrics(step,
+        {"loss", "lr", "epoch"})` is called after each streamed chunk, `step` counting corpus
+        positions trained on."""
+        with ExitStack() as stack:
+            if work_dir is None:
+                work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="w2v-"))
+            work = Path(work_dir)
+            counts, n_sentences, n_units = count_units(sentences())
+            if n_units == 0:
+                raise EmptyCorpusError(f"empty token stream: {n_sentences} sentences, 0 units")
+            vocab = Vocabulary.build(counts, config.min_count, config.max_vocab)
+            if len(vocab) == 0:
+                raise EmptyCorpusError(
+                    f"vocabulary empty after min_count = {config.min_count}: the most frequent "
+                    f"of {len(counts)} distinct units occurs {max(counts.values())} times"
+                )
+            digest = _vocab_digest(vocab)
+            corpus = EncodedCorpus.open(work / "encoded", digest)
+            if corpus is None:
+                corpus = EncodedCorpus.write(sentences(), vocab, work / "encoded", digest)
+            trainer = _Trainer(config, vocab, corpus, work, digest, on_metrics)
+            w_in, w_out, history = trainer.run()
+        return cls(config, vocab, w_in, w_out, tokenizer, history)
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def vector(self, word: str | int) -> np.ndarray | None:
+        """Input vector [D] of a word (composed from its tokens for token units), of a token id
+        (int, token units) or of a display key; None when it cannot be represented."""
+        row = self._row(word)
+        if row is not None:
+            return self.vectors[row]
+        if self.config.unit == "token" and isinstance(word, str) and self.tokenizer is not None:
+            text = word.lower() if self.config.lowercase else word
+            ids = self.tokenizer.encode_ordinary(" " + text)
+            rows = [self._index.get(i) for i in ids]
+            if ids and None not in rows:
+                return self.vectors[rows].mean(axis=0)
+        return None
+
+    def _row(self, word: str | int) -> int | None:
+        if isinstance(word, int | np.integer):
+            return self._index.get(int(word)) if self.config.unit == "token" else None
+        if self.config.unit == "word":
+            return self._index.get(word.lower() if self.config.lowercase else word)
+        return self._key_rows().get(word)
+
+    def _key_rows(self) -> dict[str, int]:
+        if not hasattr(self, "_keys_index"):
+            self._keys_index = {k: i for i, k in enumerate(self.keys)}
+        return self._keys_index
+
+    def vocabulary(self, top_n: int | None = None) -> tuple[list[str], np.ndarray]:
+        """Words a query can answer with, most frequent first, and their vectors [n, D]: the
+        vocabulary for word units; for token units the tokens that are a whole word
+        (a space then letters), spelled without the space."""
+        if self.config.unit == "word":
+            rows = np.arange(len(self.keys))
+            words = list(self.keys)
+        else:
+            pairs = [(i, w) for i, w in enumerate(map(self._whole_word, self.vocab.keys)) if w]
+            rows = np.array([i for i, _ in pairs], dtype=np.int64)
+            words = [w for _, w in pairs]
+        if top_n is not None:
+            rows, words = rows[:top_n], words[:top_n]
+        return words, self.vectors[rows]
+
+    def _whole_word(self, token_id: int) -> str | None:
+        """The word a token spells when its bytes are a space then letters, else None."""
+        if self.tokenizer is None or token_id in self.tokenizer.special_tokens.values():
+            return None
+        raw = self.tokenizer.token_bytes(int(token_id))
+        word = raw[1:].decode("utf-8", errors="replace")
+        return word if raw[:1] == b" " and word.isalpha() else None
+
+    def _spellings(self, query: object) -> set:
+        """The forms of a query word an answer must not repeat: as typed, as looked up
+        (lowercased), and a token key's word ("Ġthe" -> "the")."""
+        if not isinstance(query, str):
+            return set()
+        forms = {query, query.lower() if self.config.lowercase else query}
+        return forms | {f[1:] for f in forms if f[:1] == "Ġ"}
+
+    def most_similar(self, query: str | int | np.ndarray, k: int = 10) -> list[tuple[str, float]]:
+        """The `k` vocabulary words nearest to `query` by cosine (the query word excluded)."""
+        vec = query if isinstance(query, np.ndarray) else self.vector(query)
+        if vec is None:
+            raise KeyError(f"{query!r} is not in the vocabulary and cannot be composed")
+        exclude = self._spellings(query)
+        return self._nearest(vec, k, exclude)
+
+    def analogy(self, a: str, b: str, c: str, k: int = 1) -> list[tuple[str, float]]:
+        """a is to b as c is to ?: 3CosAdd, the words nearest unit(b) - unit(a) + unit(c)."""
+        vecs = [self.vector(w) for w in (a, b, c)]
+        missing = [w for w, v in zip((a, b, c), vecs, strict=True) if v is None]
+        if missing:
+            raise KeyError(f"not in the vocabulary: {missing}")
+        unit = [v / max(np.linalg.norm(v), 1e-12) for v in vecs]
+        exclude = self._spellings(a) | self._spellings(b) | self._spellings(c)
+        return self._nearest(unit[1] - unit[0] + unit[2], k, exclude)
+
+    def _nearest(self, vec: np.ndarray, k: int, exclude: set) -> list[tuple[str, float]]:
+        words, vectors = self.vocabulary()
+        if self._unit_rows is None:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            self._unit_rows = vectors / np.maximum(norms, 1e-12)
+        sims = self._unit_rows @ (vec / max(np.linalg.norm(vec), 1e-12))
+        order = np.argsort(-sims, kind="stable")
+        hits = [(words[i], float(sims[i])) for i in order[: k + len(exclude)]]
+        return [h for h in hits if h[0] not in exclude][:k]
+
+    # ---- persistence ----------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `model.safetensors`, `vocab.json`, `config.json` (+ `tokenizer/`)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"input": torch.from_numpy(self.vectors), "output": torch.from_numpy(self.output)}
+        save_file(tensors, directory / "model.safetensors", metadata={"format": str(FORMAT)})
+        keys = self.vocab.keys
+        vocab = {"unit": self.config.unit, "keys": keys, "counts": self.vocab.counts.tolist()}
+        (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        meta = {"format": FORMAT, "config": asdict(self.config), "history": self.history}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if self.tokenizer is not None:
+            self.tokenizer.save(directory / "tokenizer")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Word2Vec:
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(
+                f"{directory / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT}"
+            )
+        config = Word2VecConfig(**meta["config"])
+        raw = json.loads((directory / "vocab.json").read_text())
+        vocab = Vocabulary(raw["keys"], np.asarray(raw["counts"], dtype=np.int64))
+        tensors = load_file(directory / "model.safetensors")
+        tok_dir = directory / "tokenizer"
+        tokenizer = BpeTokenizer.load(tok_dir) if tok_dir.is_dir() else None
+        return cls(config, vocab, tensors["input"], tensors["output"], tokenizer, meta["history"])
+
+    def export_word2vec(self, path: str | Path, binary: bool = False) -> Path:
+        """The input vectors in word2vec.c's text or binary format (gensim's
+        `KeyedVectors.load_word2vec_format` reads both)."""
+        path = Path(path)
+        n, dim = self.vectors.shape
+        with open(path, "wb") as out:
+            out.write(f"{n} {dim}\n".encode())
+            for key, vec in zip(self.keys, self.vectors.astype(np.float32), strict=True):
+                if binary:
+                    out.write(key.encode() + b" " + vec.tobytes() + b"\n")
+                else:
+                    out.write((key + " " + " ".join(f"{x:.6g}" for x in vec) + "\n").encode())
+        return path
+
+    def export_safetensors(self, path: str | Path) -> Path:
+        """{"vectors": [V, D]} with the keys (JSON list) in the metadata under "keys"."""
+        tensors = {"vectors": torch.from_numpy(np.ascontiguousarray(self.vectors))}
+        metadata = {"keys": json.dumps(self.keys, ensure_ascii=False), "unit": self.config.unit}
+        save_file(tensors, Path(path), metadata=metadata)
+        return Path(path)
+
+    def _display(self, key: str | int) -> str:
+        if self.config.unit == "word" or self.tokenizer is None:
+            return str(key)
+        specials = {v: k for k, v in self.tokenizer.special_tokens.items()}
+        if key in specials:
+            return specials[key]
+        table = bytes_to_unicode()
+        return "".join(table[b] for b in self.tokenizer.token_bytes(int(key)))
+
+
+def _vocab_digest(vocab: Vocabulary) -> str:
+    data = json.dumps([vocab.keys, vocab.counts.tolist()]).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+class _Trainer:
+    """The epoch loop: streams chunks, draws windows and negatives, decays the learning rate,
+    checkpoints each epoch. Randomness per epoch comes from (seed, epoch), so resuming at an
+    epoch boundary replays exactly what an uninterrupted run would do."""
+
+    def __init__(self, config, vocab, corpus, work: Path, digest: str, on_metrics) -> None:
+        self.config, self.vocab, self.corpus, self.work = config, vocab, corpus, work
+        self.digest = f"{digest}-{config.training_digest()}"
+        self.on_metrics = on_metrics or (lambda step, metrics: None)
+        self.device = pick_device(config.device)
+        self.keep = vocab.keep_probabilities(config.sample)
+        self.negatives = AliasTable(np.diff(vocab.negative_cdf(), prepend=0.0))
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        cfg = self.config
+        w_in, w_out, start, history = self._resume() or self._init()
+        if start:
+            print(
+                f"word2vec: resuming after epoch {start} of {cfg.epochs} from "
+                f"{self.work / CHECKPOINT}",
+                file=sys.stderr,
+            )
+        workers = cfg.workers or os.cpu_count() or 1
+        kernel = SgdKernel(w_in, w_out, cfg.mode, workers, cfg.update_cap)
+        threads = torch.get_num_threads()
+        total = cfg.epochs * self.corpus.n_positions
+        bar = tqdm(
+            total=total, initial=start * self.corpus.n_positions, unit="word", unit_scale=True,
+            desc=f"word2vec {cfg.mode}", disable=not cfg.progress,
+        )  # fmt: skip
+        try:
+            torch.set_num_threads(1)
+            for epoch in range(start, cfg.epochs):
+                history.append(self._epoch(kernel, epoch, total, bar))
+                self._checkpoint(w_in, w_out, epoch + 1, history)
+        finally:
+            torch.set_num_threads(threads)
+            kernel.close()
+            bar.close()
+        return w_in, w_out, history
+
+    def _init(self):
+        gen = torch.Generator().manual_seed(self.config.seed)
+        v, d = len(self.vocab), self.config.dim
+        w_in = (torch.rand(v, d, generator=gen) - 0.5) / d  # word2vec.c's initialisation
+        w_out = torch.zeros(v, d)
+        return w_in.to(self.device), w_out.to(self.device), 0, []
+
+    def _epoch(self, kernel: SgdKernel, epoch: int, total: int, bar: tqdm) -> float:
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, epoch])
+        done = epoch * self.corpus.n_positions
+        loss_sum = examples = 0.0
+        for ids, sent in self.corpus.chunks(CHUNK):
+            ids_kept, sent_kept = subsample(ids, sent, self.keep, rng)
+            n = len(ids_kept)
+            chunk_loss = chunk_examples = seen = 0.0
+            alpha = cfg.alpha
+            for group in windows(ids_kept, sent_kept, cfg.window, rng):
+                for start in range(0, len(group), cfg.batch_size):
+                    batch = group.slice(start, start + cfg.batch_size)
+                    progress = (done + len(ids) * seen / max(n, 1)) / total
+                    alpha = cfg.alpha * max(cfg.min_alpha_ratio, 1.0 - progress)
+                    negs = self.negatives.draw((len(batch), cfg.negative), rng)
+                    loss, count = kernel.step(batch, negs, alpha)
+                    chunk_loss, chunk_examples = chunk_loss + loss, chunk_examples + count
+                    seen += len(batch)
+            done += len(ids)
+            loss_sum, examples = loss_sum + chunk_loss, examples + chunk_examples
+            mean = chunk_loss / max(chunk_examples, 1)
+            self.on_metrics(done, {"loss": mean, "lr": alpha, "epoch": epoch + 1})
+            bar.update(len(ids))
+            bar.set_postfix(lr=f"{alpha:.2e}", loss=f"{mean:.3f}")
+        return loss_sum / max(examples, 1)
+
+    def _checkpoint(self, w_in, w_out, epochs_done: int, history: list[float]) -> None:
+        meta = {
+            "digest": self.digest,
+            "epochs_done": str(epochs_done),
+            "history": json.dumps(history),
+        }
+        tmp = self.work / (CHECKPOINT + ".tmp")
+        save_file({"input": w_in.cpu(), "output": w_out.cpu()}, tmp, metadata=meta)
+        os.replace(tmp, self.work / CHECKPOINT)
+
+    def _resume(self):
+        path = self.work / CHECKPOINT
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("digest") != self.digest:
+                return None  # another corpus or config: start over
+            w_in, w_out = f.get_tensor("input"), f.get_tensor("output")
+        return (
+            w_in.to(self.device), w_out.to(self.device), int(meta["epochs_done"]),
+            json.loads(meta["history"]),
+        )  # fmt: skip

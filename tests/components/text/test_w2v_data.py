@@ -1,0 +1,202 @@
+"""word2vec's data path on hand-computed numbers: the vocabulary, subsampling, the negative
+sampling distribution, shrunk windows and the encoded corpus."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from components.text.w2v_data import (
+    AliasTable,
+    EncodedCorpus,
+    Vocabulary,
+    count_units,
+    subsample,
+    windows,
+)
+
+COUNTS = Counter({"the": 64, "cat": 16, "sat": 9, "a": 7, "mat": 4, "on": 4, "x": 1})
+
+
+def test_build_orders_by_count_then_key_and_applies_min_count():
+    vocab = Vocabulary.build(COUNTS, min_count=2, max_vocab=None)
+    assert vocab.keys == ["the", "cat", "sat", "a", "mat", "on"]  # "mat" < "on" at count 4
+    assert vocab.counts.tolist() == [64, 16, 9, 7, 4, 4]
+    assert vocab.counts.dtype == np.int64
+    assert vocab.total == 104  # every count but the dropped "x"
+    assert vocab.index() == {"the": 0, "cat": 1, "sat": 2, "a": 3, "mat": 4, "on": 5}
+
+
+def test_build_max_vocab_keeps_the_most_frequent():
+    vocab = Vocabulary.build(COUNTS, min_count=1, max_vocab=3)
+    assert vocab.keys == ["the", "cat", "sat"]
+    assert Vocabulary.build(COUNTS, min_count=5, max_vocab=10).keys == ["the", "cat", "sat", "a"]
+    assert len(Vocabulary.build(COUNTS, min_count=65, max_vocab=None)) == 0
+
+
+def test_build_orders_token_ids_numerically_on_ties():
+    vocab = Vocabulary.build(Counter({10: 3, 2: 3, 7: 5, 300: 1}), min_count=1, max_vocab=None)
+    assert vocab.keys == [7, 2, 10, 300]
+
+
+def test_count_units_over_lists_and_id_arrays():
+    counts, n_sentences, n_units = count_units(
+        [["a", "b", "a"], [], np.array([3, 3, 5], dtype=np.int32), [5]]
+    )
+    assert counts == Counter({"a": 2, "b": 1, 3: 2, 5: 2})
+    assert (n_sentences, n_units) == (4, 7)
+
+
+def test_keep_probabilities_by_hand():
+    vocab = Vocabulary(["the", "cat", "sat", "mat", "x"], np.array([64, 16, 9, 10, 1]))
+    assert vocab.total == 100
+    # f = count / 100; keep = min(1, (sqrt(f / sample) + 1) * sample / f)
+    # sample 0.01: the f=.64 -> (8+1)*.01/.64; cat f=.16 -> (4+1)*.01/.16; sat f=.09 -> 4*.01/.09
+    # mat f=.10 -> (sqrt(10)+1)*.1 = 0.41623; x f=.01 -> (1+1)*.01/.01 = 2 -> 1
+    keep = vocab.keep_probabilities(0.01)
+    expected = [0.140625, 0.3125, 0.04 / 0.09, 0.1 * (10**0.5 + 1), 1.0]
+    np.testing.assert_allclose(keep, expected, rtol=1e-12)
+    assert keep.dtype == np.float64
+    # sample 0.04: the -> (4+1)*.04/.64 = .3125; cat -> (2+1)*.04/.16 = .75; sat -> > 1
+    np.testing.assert_allclose(vocab.keep_probabilities(0.04), [0.3125, 0.75, 1, 1, 1], rtol=1e-12)
+
+
+def test_sample_zero_keeps_everything():
+    vocab = Vocabulary(["the", "x"], np.array([10**6, 1]))
+    assert vocab.keep_probabilities(0).tolist() == [1.0, 1.0]
+
+
+def test_negative_cdf_is_unigram_to_the_three_quarters():
+    # 256**.75 = 64, 81**.75 = 27, 16**.75 = 8, 1**.75 = 1: weights sum to exactly 100
+    vocab = Vocabulary(["a", "b", "c", "d"], np.array([256, 81, 16, 1]))
+    np.testing.assert_allclose(vocab.negative_cdf(), [0.64, 0.91, 0.99, 1.0], rtol=1e-12)
+    counts = np.array([64, 16, 9, 7, 4, 4])
+    weights = counts**0.75
+    np.testing.assert_allclose(
+        Vocabulary(list("abcdef"), counts).negative_cdf(), np.cumsum(weights / weights.sum())
+    )
+    assert Vocabulary(list("abcdef"), counts).negative_cdf()[-1] == 1.0
+    np.testing.assert_allclose(vocab.negative_cdf(power=1.0), np.cumsum([256, 81, 16, 1]) / 354)
+
+
+def negatives(cdf: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    return AliasTable(np.diff(cdf, prepend=0.0)).draw(shape, rng)
+
+
+def test_alias_table_matches_an_uneven_distribution():
+    p = np.random.default_rng(3).pareto(1.0, 50) + 1e-3
+    p /= p.sum()
+    drawn = AliasTable(p).draw((400_000,), np.random.default_rng(4))
+    freq = np.bincount(drawn, minlength=50) / drawn.size
+    assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / drawn.size), (freq, p)
+
+
+def test_negatives_follow_the_cdf():
+    vocab = Vocabulary(["a", "b", "c", "d"], np.array([256, 81, 16, 1]))
+    drawn = negatives(vocab.negative_cdf(), (40_000, 5), np.random.default_rng(0))
+    assert drawn.shape == (40_000, 5)
+    assert drawn.min() >= 0 and drawn.max() <= 3
+    freq = np.bincount(drawn.ravel(), minlength=4) / drawn.size
+    # 200k draws: the standard error of p = .64 is ~0.001
+    assert np.abs(freq - [0.64, 0.27, 0.08, 0.01]).max() < 0.005, freq
+
+
+def test_negatives_are_seeded():
+    cdf = Vocabulary(["a", "b"], np.array([3, 1])).negative_cdf()
+    first = negatives(cdf, (100, 5), np.random.default_rng(7))
+    again = negatives(cdf, (100, 5), np.random.default_rng(7))
+    assert np.array_equal(first, again)
+
+
+def test_subsample_keeps_each_unit_with_its_probability():
+    rng = np.random.default_rng(1)
+    keep = np.array([0.2, 0.5, 1.0, 0.05])
+    ids = rng.integers(0, 4, size=200_000)
+    sent = np.arange(len(ids))  # sentence numbers double as positions here
+    ids_kept, sent_kept = subsample(ids, sent, keep, np.random.default_rng(2))
+    assert np.array_equal(ids_kept, ids[sent_kept])  # survivors stay aligned, in order
+    assert np.all(np.diff(sent_kept) > 0)
+    rate = np.bincount(ids_kept, minlength=4) / np.bincount(ids, minlength=4)
+    np.testing.assert_allclose(rate, keep, atol=0.01)
+    assert rate[2] == 1.0
+
+
+def sentence_numbers(rng: np.random.Generator) -> np.ndarray:
+    """Sentence number per position for sentences of 1..25 units (not contiguous numbers)."""
+    lengths = np.concatenate([[1, 1, 2, 25], rng.integers(1, 26, size=400)])
+    return np.repeat(np.arange(len(lengths)) * 3, lengths)
+
+
+def rows(win) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(center, offsets, context, mask) per center, from one `Windows` or a list of them (one
+    per radius); the width 2R of a batch gives its offsets -R..-1, 1..R."""
+    out = []
+    for group in win if isinstance(win, list) else [win]:
+        assert group.context.shape == group.mask.shape == (len(group.centers), group.mask.shape[1])
+        half = group.mask.shape[1] // 2
+        offsets = np.concatenate([np.arange(-half, 0), np.arange(1, half + 1)])
+        for i, center in enumerate(group.centers.tolist()):
+            out.append((center, offsets, group.context[i], group.mask[i]))
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_windows_shrink_within_the_sentence(window):
+    sent = sentence_numbers(np.random.default_rng(window))
+    n = len(sent)
+    ids = np.arange(n)  # each unit its own id, so a context id is the position it came from
+    radii = []
+    found = rows(windows(ids, sent, window, np.random.default_rng(0)))
+    assert sorted(center for center, *_ in found) == ids.tolist()  # every position once
+    for center, offsets, context, mask in found:
+        assert len(offsets) <= 2 * window
+        pos = center + offsets
+        inside = (pos >= 0) & (pos < n)
+        inside[inside] &= sent[pos[inside]] == sent[center]
+        assert np.array_equal(context[mask], pos[mask])
+        # some radius r in 1..window explains the row exactly: a slot is on iff |offset| <= r
+        # and the offset stays in the center's sentence
+        fits = [r for r in range(1, window + 1) if
+                np.array_equal(mask, (np.abs(offsets) <= r) & inside)]  # fmt: skip
+        assert fits, (center, offsets, mask, inside)
+        full = np.arange(center - window, center + window + 1)
+        if full[0] >= 0 and full[-1] < n and (sent[full] == sent[center]).all():
+            radii.append(int(np.abs(offsets[mask]).max()))  # the radius drawn for this center
+    # the radius is uniform over 1..window (counted where the full window is in the sentence)
+    assert len(radii) > 1000
+    freq = np.bincount(radii, minlength=window + 1)[1:] / len(radii)
+    np.testing.assert_allclose(freq, 1 / window, atol=0.05)
+
+
+def test_windows_of_single_unit_sentences_are_empty():
+    found = rows(windows(np.array([4, 5, 6]), np.array([0, 1, 2]), 3, np.random.default_rng(0)))
+    assert sorted(center for center, *_ in found) == [4, 5, 6]
+    assert not any(mask.any() for *_, mask in found)
+
+
+def test_encoded_corpus_drops_unknown_units_and_chunks_on_sentences(tmp_path):
+    vocab = Vocabulary.build(Counter({"a": 5, "b": 3, "c": 1}), min_count=2, max_vocab=None)
+    sentences = [["a", "b", "c"], ["c"], ["b", "a", "a", "b"], ["a"] * 7]
+    corpus = EncodedCorpus.write(sentences, vocab, tmp_path / "enc", "digest-1")
+    assert (corpus.n_positions, corpus.n_raw) == (13, 15)
+    chunks = list(corpus.chunks(3))
+    ids = np.concatenate([c[0] for c in chunks])
+    sent = np.concatenate([c[1] for c in chunks])
+    assert ids.tolist() == [0, 1, 1, 0, 0, 1] + [0] * 7
+    assert sent.tolist() == [0, 0, 2, 2, 2, 2] + [3] * 7  # sentence 1 had no known unit
+    # each chunk ends on a sentence boundary; a 7-unit sentence is cut
+    # after at most one more chunk
+    assert [c[1].tolist() for c in chunks[:2]] == [[0, 0, 2, 2, 2, 2], [3] * 6]
+    assert EncodedCorpus.open(tmp_path / "enc", "digest-1").n_positions == 13
+    assert EncodedCorpus.open(tmp_path / "enc", "digest-2") is None
+    assert EncodedCorpus.open(tmp_path / "missing", "digest-1") is None
+
+
+def test_encoded_corpus_of_token_ids(tmp_path):
+    vocab = Vocabulary.build(Counter({300: 4, 7: 2, 9: 1}), min_count=2, max_vocab=None)
+    sentences = [np.array([7, 9, 300, 12345], dtype=np.int32), np.array([300, 300, 300])]
+    corpus = EncodedCorpus.write(sentences, vocab, tmp_path / "enc", "d")
+    ids, sent = next(corpus.chunks(100))
+    assert ids.tolist() == [1, 0, 0, 0, 0] and sent.tolist() == [0, 0, 1, 1, 1]
