@@ -1,8 +1,10 @@
 """The Prefect flow over the DVC DAG: one task per dvc.yaml stage, nothing hand-written.
 
-Each task asks DVC whether its stage changed (after its upstream tasks finished), runs the
-stage's own `cmd` in a subprocess outside any lock, then records the result in dvc.lock under
-one lock, one stage at a time. So independent stages run concurrently (`--jobs N`) without
+Stages DVC sees as unchanged, with nothing stale upstream, are skipped up front (no task, no
+MLflow run: a no-op run stays cheap). Every other stage is a task that asks DVC whether its
+stage changed (after its upstream tasks finished), runs the stage's own `cmd` in a
+subprocess outside any lock, then records the result in dvc.lock under one lock, one stage
+at a time. So independent stages run concurrently (`--jobs N`) without
 DVC's "Unable to acquire lock", and dvc.lock ends up exactly as `dvc repro` would write it.
 """
 
@@ -14,7 +16,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,7 +136,7 @@ def run_stage_task(
     root: str,
     spec: project.StageSpec,
     force: bool,
-    parent_run_id: str,
+    parent_key: str,
     flow_run_id: str,
     lock_order: list[str],
     tags: dict[str, str],
@@ -159,6 +163,7 @@ def run_stage_task(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="loom-run-") as tmp:
         info = Path(tmp) / "run.json"
+        parent_run_id = _PARENT_RUNS[parent_key].id()
         env = _stage_env(rootp, name, parent_run_id, flow_run_id, info, tags)
         rc, tail = _run_cmd(spec, env, logger)
         if rc != 0:
@@ -171,6 +176,45 @@ def run_stage_task(
     metrics = run_info.get("metrics") or _read_metrics(rootp, spec)
     seconds = time.time() - started
     return StageReport(name, "ran", seconds, metrics, run_info.get("run_id", ""), key_metrics=key)
+
+
+def _stages_to_run(root: Path, specs: list[project.StageSpec], force: bool) -> set[str]:
+    """Stages DVC sees as changed, and everything downstream of them (whose inputs may
+    change when they run): the rest can only be skipped."""
+    if force:
+        return {s.name for s in specs}
+    with project.DVC_LOCK:
+        repo = project.open_repo(root)
+        try:
+            stale = {s.name for s in specs if project.changed(project.stage_named(repo, s.name))}
+        finally:
+            repo.close()
+    todo: set[str] = set()
+    for spec in specs:  # topological order
+        if spec.name in stale or any(u in todo for u in spec.upstream):
+            todo.add(spec.name)
+    return todo
+
+
+class ParentRun:
+    """The flow's MLflow pipeline run, created when the first stage actually runs (tasks run
+    in threads of the flow process; they find it in `_PARENT_RUNS` by key)."""
+
+    def __init__(
+        self, root: Path, flow_run_id: str, targets: list[str] | None, force: bool, tags: dict
+    ):
+        self._args = (root, flow_run_id, targets, force, tags)
+        self._lock = threading.Lock()
+        self.started: str | None = None
+
+    def id(self) -> str:
+        with self._lock:
+            if self.started is None:
+                self.started = _start_parent_run(*self._args)
+            return self.started
+
+
+_PARENT_RUNS: dict[str, ParentRun] = {}
 
 
 def _validate(root: Path, specs: list[project.StageSpec]) -> None:
@@ -212,7 +256,6 @@ def pipeline(
             specs = [project.spec_of(repo, s) for s in project.select(repo, list(targets or []))]
         finally:
             repo.close()
-    _validate(rootp, specs)
     names = [s.name for s in specs]
     flow_run_id = str(flow_run.id or "")
     if pull:
@@ -221,12 +264,27 @@ def pipeline(
             print(f"resuming flow run {flow_run_id}: dvc.lock of its earlier attempt {resumed}")
         print(f"dvc pull: {project.pull(rootp, names)} file(s) fetched")
 
+    # Stages that are unchanged and have no stale upstream are settled now, without a task:
+    # a no-op run costs one DVC status pass, no component import and no MLflow run.
+    todo = _stages_to_run(rootp, specs, force)
+    _validate(rootp, [s for s in specs if s.name in todo])
+    settled = {
+        s.name: StageReport(s.name, "skipped", metrics=_read_metrics(rootp, s))
+        for s in specs
+        if s.name not in todo
+    }
+    if settled:
+        print(f"unchanged (DVC), skipped: {', '.join(settled)}")
+
     # dvc.lock order as a sequential `dvc repro` would leave it (see project.commit).
-    lock_order = project.locked_stages(rootp) + [s.name for s in specs]
+    lock_order = project.locked_stages(rootp) + names
     extra_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    parent = _start_parent_run(rootp, flow_run_id, targets, force, extra_tags)
+    parent_key = uuid.uuid4().hex
+    parent = _PARENT_RUNS[parent_key] = ParentRun(rootp, flow_run_id, targets, force, extra_tags)
     futures: dict[str, Any] = {}
     for spec in specs:
+        if spec.name in settled:
+            continue
         upstream = [futures[u] for u in spec.upstream if u in futures]
         retries = orchestration.retries_for(spec.name)
         futures[spec.name] = run_stage_task.with_options(
@@ -235,7 +293,7 @@ def pipeline(
             str(rootp),
             spec,
             force,
-            parent,
+            parent_key,
             flow_run_id,
             lock_order,
             extra_tags,
@@ -243,7 +301,7 @@ def pipeline(
             wait_for=upstream,
         )
 
-    reports = [_report(name, fut) for name, fut in futures.items()]
+    reports = [settled[n] if n in settled else _report(n, futures[n]) for n in names]
     failed = [r for r in reports if r.status == "failed"]
     pushed = False if push else None  # None: not asked to push
     try:
@@ -251,7 +309,9 @@ def pipeline(
             print(f"dvc push: {project.push(rootp, names)} file(s) uploaded")
             pushed = True
     finally:
-        _end_parent_run(rootp, parent, reports, pushed)
+        _PARENT_RUNS.pop(parent_key, None)
+        if parent.started:
+            _end_parent_run(rootp, parent.started, reports, pushed)
     print(format_summary(reports))
     if failed:
         raise StageFailed("; ".join(r.error for r in failed))

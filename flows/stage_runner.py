@@ -115,7 +115,7 @@ def run_stage(root: Path, name: str) -> Outcome:
         except BaseException as err:
             mlflow.set_tag("loom.error", f"{type(err).__name__}: {err}"[:5000])
             raise
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_work_dir(root, work)
         seconds = time.time() - started
         metrics = {k: float(v) for k, v in result.metrics.items()}
         metrics["stage_seconds"] = round(seconds, 3)
@@ -150,9 +150,19 @@ def work_dir(root: Path, name: str, config: dict, deps: dict[str, str]) -> Path:
     key = json.dumps([name, config, deps], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     base = Path(os.environ.get(WORK_DIR_ENV) or root / ".loom" / "work")
-    path = base / f"{name.replace('@', '-')}-{digest}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return base / f"{name.replace('@', '-')}-{digest}"  # the component creates it if needed
+
+
+def _remove_work_dir(root: Path, work: Path) -> None:
+    """Drop a finished stage's work dir, and the project's `.loom/work/` and `.loom/` when
+    that leaves them empty."""
+    shutil.rmtree(work, ignore_errors=True)
+    for parent in (work.parent, work.parent.parent):
+        if parent in (root / ".loom" / "work", root / ".loom"):
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty (services state, sweeps, other stages' work)
 
 
 def _relocate(path: str, moved: dict[str, str]) -> str:

@@ -319,9 +319,13 @@ class Word2Vec:
         return path
 
     def export_safetensors(self, path: str | Path) -> Path:
-        """{"vectors": [V, D]} with the keys (JSON list) in the metadata under "keys"."""
+        """{"vectors": [V, D]}; metadata "word2vec" = JSON {"unit", "keys": [V strings]}.
+
+        One metadata entry on purpose: safetensors writes several in a per-process random
+        order, and this file is a versioned output whose bytes must not vary between runs."""
         tensors = {"vectors": torch.from_numpy(np.ascontiguousarray(self.vectors))}
-        metadata = {"keys": json.dumps(self.keys, ensure_ascii=False), "unit": self.config.unit}
+        info = {"unit": self.config.unit, "keys": self.keys}
+        metadata = {"word2vec": json.dumps(info, ensure_ascii=False)}
         save_file(tensors, Path(path), metadata=metadata)
         return Path(path)
 

@@ -67,15 +67,17 @@ def test_param_change_reruns_only_that_branch(project, prefect_server, experimen
     rc, out, err = loom_run(project, capsys, "-S", "bpe.small.vocab_size=333")
     assert rc == 0, err
     ran = {s for s, st in statuses(out).items() if st == "ran"}
-    assert ran == {"bpe@small", "tokenize@small"}
+    assert ran == {"bpe@small", "tokenize@small", "word2vec@small", "embedding_eval@small"}
     assert (
         yaml.safe_load((project / "params.yaml").read_text())["bpe"]["small"]["vocab_size"] == 333
     )
     assert "up to date" in dvc(project, "status").stdout
     # After the flow, dvc repro agrees nothing is left to do.
     assert "didn't change" in dvc(project, "repro").stdout
-    # Back to 300: `loom compare` shows the two bpe@small runs differ in that param.
-    rc, out, err = loom_run(project, capsys, "-S", "bpe.small.vocab_size=300", "bpe@small")
+    # Back to 300: `loom compare` shows the two bpe@small runs differ in that param...
+    rc, out, err = loom_run(
+        project, capsys, "-S", "bpe.small.vocab_size=300", "embedding_eval@small"
+    )
     assert rc == 0 and statuses(out)["bpe@small"] == "ran", err
     with contextlib.chdir(project):
         assert cli.main(["compare", "--last", "2", "--stage", "bpe@small"]) == 0
@@ -84,6 +86,14 @@ def test_param_change_reruns_only_that_branch(project, prefect_server, experimen
     assert row.startswith("*") and row.split()[-2:] == ["300", "333"]
     same = next(line for line in table.splitlines() if "data dvc.dep.data/corpus" in line)
     assert not same.startswith("*")
+    # ... and the two embedding evaluations differ in quality, metric by metric.
+    with contextlib.chdir(project):
+        assert cli.main(["compare", "--last", "2", "--stage", "embedding_eval@small"]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if "metric wordsim353_spearman" in line)
+    assert row.startswith("*"), table
+    first, second = map(float, row.split()[-2:])
+    assert -1 <= first <= 1 and -1 <= second <= 1 and first != second
 
 
 def test_targets_run_with_upstream_only(project, prefect_server, experiment, capsys):
@@ -198,6 +208,6 @@ def test_every_stage_run_carries_lineage(tmp_path, prefect_server, experiment, c
     assert len(curve) > 10 and curve[0].value >= curve[-1].value
     # `loom runs` lists them, newest first, with their MLflow ids.
     with contextlib.chdir(root):
-        assert cli.main(["runs", "--last", "6"]) == 0
+        assert cli.main(["runs", "--last", str(len(ALL_STAGES))]) == 0
     listed = capsys.readouterr().out.splitlines()[2:]
     assert {line.split()[0] for line in listed} == {r.info.run_id for r in stages.values()}

@@ -110,7 +110,7 @@ def test_token_stage_writes_model_and_exports(token_inputs, tokenizer_dir):
     assert list(kv.index_to_key) == model.keys and np.array_equal(kv.vectors, model.vectors)
     with safe_open(out / "vectors.safetensors", "np") as f:
         assert np.array_equal(f.get_tensor("vectors"), model.vectors)
-        assert json.loads(f.metadata()["keys"]) == model.keys
+        assert json.loads(f.metadata()["word2vec"])["keys"] == model.keys
 
     # the vocabulary is every token id seen >= min_count times in the parquet ids
     counts = Counter(i for row in pq.read_table(token_inputs.inputs["tokens"] / "train.parquet")
