@@ -186,7 +186,8 @@ def _stages_to_run(root: Path, specs: list[project.StageSpec], force: bool) -> s
     with project.DVC_LOCK:
         repo = project.open_repo(root)
         try:
-            stale = {s.name for s in specs if project.changed(project.stage_named(repo, s.name))}
+            by_name = {s.addressing: s for s in repo.index.stages}  # dvc.yaml parsed once
+            stale = {s.name for s in specs if project.changed(by_name[s.name])}
         finally:
             repo.close()
     todo: set[str] = set()
