@@ -17,13 +17,23 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from flows import plan, project, tracking
+
+    root = project.find_root()
+    if not (args.force or args.set_param or args.params_file):
+        # Nothing changed: nothing to orchestrate. Report like `dvc repro` does, without
+        # starting Prefect (a flow run) or MLflow (a pipeline run).
+        specs = plan.select_specs(root, args.stages)
+        if not plan.stages_to_run(root, specs, force=False):
+            print(plan.format_summary([plan.skipped(root, s) for s in specs]))
+            print(f"\nEverything is up to date: {len(specs)} stage(s) unchanged (DVC).")
+            return 0
     # MLflow takes ~1.3 s to import; let that overlap with Prefect and DVC start-up.
     threading.Thread(target=importlib.import_module, args=("mlflow",), daemon=True).start()
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows import pipeline, project, tracking
+    from flows import pipeline
 
-    root = project.find_root()
     flow = pipeline.pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs))
     try:
         reports = flow(

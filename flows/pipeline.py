@@ -29,8 +29,8 @@ from prefect.states import Completed
 
 from components import registry
 from components.config import build, require
-from flows import atomic, params, project, stage_runner, tracking
-from flows.compare import table
+from flows import atomic, params, plan, project, stage_runner, tracking
+from flows.plan import StageReport
 
 
 @dataclass
@@ -58,17 +58,6 @@ class Orchestration:
             if key in self.stage_retries:
                 return self.stage_retries[key]
         return self.retries
-
-
-@dataclass
-class StageReport:
-    stage: str
-    status: str  # ran | skipped | failed | not run
-    seconds: float = 0.0
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_id: str = ""
-    error: str = ""
-    key_metrics: list[str] = field(default_factory=list)
 
 
 class StageFailed(RuntimeError):
@@ -121,16 +110,6 @@ def _reason(name: str, rc: int, tail: list[str]) -> str:
     return f"stage {name!r} failed (exit code {rc}): {detail}"
 
 
-def _read_metrics(root: Path, spec: project.StageSpec) -> dict[str, float]:
-    for rel in spec.metrics:
-        try:
-            data = json.loads((root / rel).read_text())
-        except (OSError, ValueError):
-            continue
-        return {k: v for k, v in data.items() if isinstance(v, (int, float))}
-    return {}
-
-
 @task(task_run_name="{spec.name}")
 def run_stage_task(
     root: str,
@@ -157,7 +136,9 @@ def run_stage_task(
             repo.close()
     key = list(registry.load(spec.component).key_metrics) if spec.component else []
     if unchanged:
-        report = StageReport(name, "skipped", metrics=_read_metrics(rootp, spec), key_metrics=key)
+        report = StageReport(
+            name, "skipped", metrics=plan.read_metrics(rootp, spec), key_metrics=key
+        )
         return Completed(name="Skipped", message=f"{name}: unchanged (DVC)", data=report)
 
     started = time.time()
@@ -173,28 +154,9 @@ def run_stage_task(
     if publish:
         project.push(rootp, [name])
         _log_lock(rootp, parent_run_id)
-    metrics = run_info.get("metrics") or _read_metrics(rootp, spec)
+    metrics = run_info.get("metrics") or plan.read_metrics(rootp, spec)
     seconds = time.time() - started
     return StageReport(name, "ran", seconds, metrics, run_info.get("run_id", ""), key_metrics=key)
-
-
-def _stages_to_run(root: Path, specs: list[project.StageSpec], force: bool) -> set[str]:
-    """Stages DVC sees as changed, and everything downstream of them (whose inputs may
-    change when they run): the rest can only be skipped."""
-    if force:
-        return {s.name for s in specs}
-    with project.DVC_LOCK:
-        repo = project.open_repo(root)
-        try:
-            by_name = {s.addressing: s for s in repo.index.stages}  # dvc.yaml parsed once
-            stale = {s.name for s in specs if project.changed(by_name[s.name])}
-        finally:
-            repo.close()
-    todo: set[str] = set()
-    for spec in specs:  # topological order
-        if spec.name in stale or any(u in todo for u in spec.upstream):
-            todo.add(spec.name)
-    return todo
 
 
 class ParentRun:
@@ -251,12 +213,7 @@ def pipeline(
     orchestration = build(
         Orchestration, params.load(rootp).get(params.LOOM_SECTION), where="params.yaml: loom"
     )
-    with project.DVC_LOCK:
-        repo = project.open_repo(rootp)
-        try:
-            specs = [project.spec_of(repo, s) for s in project.select(repo, list(targets or []))]
-        finally:
-            repo.close()
+    specs = plan.select_specs(rootp, list(targets or []))
     names = [s.name for s in specs]
     flow_run_id = str(flow_run.id or "")
     if pull:
@@ -267,13 +224,9 @@ def pipeline(
 
     # Stages that are unchanged and have no stale upstream are settled now, without a task:
     # a no-op run costs one DVC status pass, no component import and no MLflow run.
-    todo = _stages_to_run(rootp, specs, force)
+    todo = plan.stages_to_run(rootp, specs, force)
     _validate(rootp, [s for s in specs if s.name in todo])
-    settled = {
-        s.name: StageReport(s.name, "skipped", metrics=_read_metrics(rootp, s))
-        for s in specs
-        if s.name not in todo
-    }
+    settled = {s.name: plan.skipped(rootp, s) for s in specs if s.name not in todo}
     if settled:
         print(f"unchanged (DVC), skipped: {', '.join(settled)}")
 
@@ -313,7 +266,7 @@ def pipeline(
         _PARENT_RUNS.pop(parent_key, None)
         if parent.started:
             _end_parent_run(rootp, parent.started, reports, pushed)
-    print(format_summary(reports))
+    print(plan.format_summary(reports))
     if failed:
         raise StageFailed("; ".join(r.error for r in failed))
     return [asdict(r) for r in reports]
@@ -407,18 +360,3 @@ def _end_parent_run(
     client.log_dict(run_id, [asdict(r) for r in reports], "summary.json")
     ok = not counts["failed"] and pushed is not False
     client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
-
-
-def format_summary(reports: list[StageReport]) -> str:
-    """A plain table: stage, status, duration, key metrics, MLflow run id."""
-    rows = [["stage", "status", "time", "key metrics", "mlflow run"]]
-    for r in reports:
-        keys = [k for k in r.key_metrics if k in r.metrics] or [
-            k for k in r.metrics if not k.endswith("seconds")
-        ][:3]
-        shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys)
-        secs = f"{r.seconds:.1f}s" if r.status == "ran" else "-"
-        rows.append(
-            [r.stage, r.status, secs, shown or (r.error[:60] if r.error else "-"), r.run_id or "-"]
-        )
-    return table(rows)

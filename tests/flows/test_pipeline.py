@@ -44,6 +44,11 @@ def test_dvc_repro_then_loom_run_skips_everything(project, prefect_server, exper
     rc, out, err = loom_run(project, capsys)
     assert rc == 0, err
     assert statuses(out) == dict.fromkeys(ALL_STAGES, "skipped")
+    # Nothing to do: settled by DVC alone, no Prefect flow run and no MLflow run started.
+    assert f"Everything is up to date: {len(ALL_STAGES)} stage(s) unchanged" in out
+    assert "Open the MLflow UI" not in out and not mlflow.search_experiments(
+        filter_string=f"name = '{experiment}'"
+    )
 
 
 def test_loom_run_writes_the_lock_dvc_repro_writes(
