@@ -12,6 +12,7 @@ from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
+import torch
 from gensim.models import KeyedVectors
 from safetensors import safe_open
 
@@ -325,3 +326,17 @@ def test_unknown_word(word_model, token_model):
 
 def test_capitalised_query_is_excluded_from_its_own_neighbours(word_model):
     assert word_model.most_similar("A1", k=3) == word_model.most_similar("a1", k=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["skipgram", "cbow"])
+def test_cuda_trains_the_same_structure(mode):
+    """The CUDA path (same code, device chosen by config) learns what the CPU path learns."""
+    sentences, a, b = two_clusters()
+    cpu = Word2Vec.train(lambda: sentences, small_config(mode=mode))
+    gpu = Word2Vec.train(lambda: sentences, small_config(mode=mode, device="cuda"))
+    assert gpu.keys == cpu.keys
+    assert abs(gpu.history[-1] - cpu.history[-1]) < 0.05 * cpu.history[-1]
+    va, vb = (unit_rows(np.stack([gpu.vector(w) for w in ws])) for ws in (a, b))
+    assert (va @ va.T).mean() - (va @ vb.T).mean() > 0.5
