@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 
 import torch
+from measure import best_seconds, in_subprocess, peak_mb
 
 from components.nn.attention import linear_attention, softmax_attention
 
@@ -58,56 +55,14 @@ def make_step(kind: str, n: int, causal: bool, device: str):
     return step
 
 
-def proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_mb(step, device: str) -> float:
-    """MB one call of `step` holds at its peak above what was held before it."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = proc_status_kib("VmRSS")
-    step()
-    return (proc_status_kib("VmHWM") - before) / 2**10
-
-
-def best_seconds(step, repeats: int, min_total: float = 1.0, max_repeats: int = 100) -> float:
-    """Fastest of at least `repeats` timed calls, and more while they took < `min_total` s."""
-    step()  # warm-up
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_total and len(times) < max_repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def measure(case: dict) -> dict:
     """One case, in this process: `{"ms": ...}` or `{"mb": ...}`."""
     torch.set_num_threads(case["threads"])
     args = case["kind"], case["n"], case["causal"], case["device"]
     if case["what"] == "time":
-        return {"ms": 1e3 * best_seconds(make_step(*args), case["repeats"])}
+        return {"ms": 1e3 * best_seconds(make_step(*args), case["repeats"], min_total=1.0)}
     make_step(case["kind"], 256, case["causal"], case["device"])()  # load kernels, pools
     return {"mb": peak_mb(make_step(*args), case["device"])}
-
-
-def in_subprocess(case: dict) -> dict:
-    env = dict(os.environ)
-    if case["what"] == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)  # fixed: no dynamic growth
-    cmd = [sys.executable, __file__, "--case", json.dumps(case)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -134,7 +89,9 @@ def main() -> None:
                 row = {}
                 for what in ("time", "memory"):
                     case = dict(kind=kind, n=n, causal=causal, device=args.device, what=what)
-                    row |= in_subprocess(case | {"repeats": args.repeats, "threads": args.threads})
+                    row |= in_subprocess(
+                        __file__, case | {"repeats": args.repeats, "threads": args.threads}
+                    )
                 results[causal, n, kind] = row
                 print(f"{causal!s:>6} {n:>6} {kind:>8} {row['ms']:>10.1f} {row['mb']:>9.1f}")
     report(results, args.lengths)

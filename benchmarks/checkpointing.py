@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 
 import torch
+from measure import best_seconds, in_subprocess, peak_mb
 
 from components.nn.transformer import TransformerConfig, TransformerEncoder
 
@@ -61,38 +58,6 @@ def make_step(opts: dict, checkpointing: bool):
     return step
 
 
-def proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_mb(step, device: str) -> float:
-    """MB one call of `step` holds at its peak above what was held before it."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = proc_status_kib("VmRSS")
-    step()
-    return (proc_status_kib("VmHWM") - before) / 2**10
-
-
-def best_seconds(step, repeats: int) -> float:
-    step()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure(opts: dict) -> dict:
     """One configuration, in this process: `{"ms": ...}` or `{"mb": ...}`."""
     torch.set_num_threads(opts["threads"])
@@ -101,15 +66,6 @@ def measure(opts: dict) -> dict:
         return {"ms": 1e3 * best_seconds(step, opts["repeats"])}
     step()  # allocates the gradients; unmapped temporaries leave the RSS as it was
     return {"mb": peak_mb(step, opts["device"])}
-
-
-def in_subprocess(opts: dict) -> dict:
-    env = dict(os.environ)
-    if opts["what"] == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)  # fixed: no dynamic growth
-    cmd = [sys.executable, __file__, "--case", json.dumps(opts)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -140,7 +96,7 @@ def main() -> None:
     for checkpointing in (False, True):
         row = {}
         for what in ("time", "memory"):
-            row |= in_subprocess(opts | {"checkpointing": checkpointing, "what": what})
+            row |= in_subprocess(__file__, opts | {"checkpointing": checkpointing, "what": what})
         rows[checkpointing] = row
         print(f"{checkpointing!s:>13} {row['ms']:>9.1f} {row['mb']:>19.1f}")
 
