@@ -103,17 +103,22 @@ def test_unreachable_tracking_server_fails_before_work(project, experiment, monk
     fails(project, "corpus", "http://127.0.0.1:9", "unreachable")
 
 
-def test_killed_mid_run_keeps_outputs_and_next_run_recovers(project, experiment):
-    before = snapshot(project)
-    edit_params(project, lambda p: p["bpe"]["large"].update(vocab_size=3000))
-    target = project / "data" / "tokenizers" / "large"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "loom"), "stage", "bpe@large"],
-        cwd=project,
+def start_stage(root: Path, stage: str) -> subprocess.Popen:
+    """`loom stage STAGE` in the background, in its own process group (to SIGKILL it all)."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "loom"), "stage", stage],
+        cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def test_killed_mid_run_keeps_outputs_and_next_run_recovers(project, experiment):
+    before = snapshot(project)
+    edit_params(project, lambda p: p["bpe"]["large"].update(vocab_size=3000))
+    target = project / "data" / "tokenizers" / "large"
+    proc = start_stage(project, "bpe@large")
     scratch = target.parent / f"{atomic.SCRATCH_PREFIX}{proc.pid}-large"
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     deadline = time.time() + 120
@@ -139,13 +144,7 @@ def test_killed_training_resumes_from_its_last_epoch_checkpoint(project, experim
     edit_params(project, lambda p: p["word2vec"].update(epochs=12, batch_size=16))
     model = project / "data" / "word2vec" / "small" / "model.safetensors"
     work = project / ".loom" / "work"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "loom"), "stage", "word2vec@small"],
-        cwd=project,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_stage(project, "word2vec@small")
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if list(work.glob("word2vec-small-*/checkpoint.safetensors")):
