@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 Key = Hashable  # a word (str) or a token id (int)
 Sentences = Callable[[], Iterable[Sequence]]  # re-iterable corpus: a fresh pass per call
@@ -144,7 +145,10 @@ class EncodedCorpus:
                 # extend to the end of the sentence cut at `end`, within one more chunk
                 tail = sent[end : min(end + size, self.n_positions)]
                 end += int(np.searchsorted(tail, last, side="right"))
-            yield np.asarray(ids[start:end], dtype=np.int64), np.asarray(sent[start:end])
+            yield (
+                np.array(ids[start:end], dtype=np.int64),
+                np.array(sent[start:end], dtype=np.int64),
+            )
             start = end
 
 
@@ -177,11 +181,12 @@ class Windows:
     context: int64 [B, 2r] vocabulary indices at offsets -r..-1, 1..r (clamped to the chunk
              where masked, so every index is a real row)
     mask:    bool [B, 2r] the slot is inside the chunk and in the center's sentence
+    All three live on the training device.
     """
 
-    centers: np.ndarray
-    context: np.ndarray
-    mask: np.ndarray
+    centers: torch.Tensor
+    context: torch.Tensor
+    mask: torch.Tensor
 
     def slice(self, start: int, stop: int) -> Windows:
         return Windows(self.centers[start:stop], self.context[start:stop], self.mask[start:stop])
@@ -190,27 +195,31 @@ class Windows:
         return len(self.centers)
 
 
-def subsample(ids: np.ndarray, sent: np.ndarray, keep: np.ndarray, rng: np.random.Generator):
-    """Drop frequent units with their keep probabilities (before windowing, as word2vec.c)."""
-    kept = rng.random(len(ids)) < keep[ids]
+def subsample(
+    ids: torch.Tensor, sent: torch.Tensor, keep: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop frequent units with their keep probabilities (before windowing, as word2vec.c).
+    ids, sent [n] and keep [V] on the generator's device."""
+    kept = torch.rand(len(ids), generator=gen, device=ids.device) < keep[ids]
     return ids[kept], sent[kept]
 
 
 def windows(
-    ids: np.ndarray, sent: np.ndarray, window: int, rng: np.random.Generator
+    ids: torch.Tensor, sent: torch.Tensor, window: int, gen: torch.Generator
 ) -> list[Windows]:
     """Every position as a center with its window shrunk uniformly to r in 1..`window`
     (word2vec.c's `b = rand % window`), never crossing a sentence boundary; one `Windows` per
-    radius, so a batch has no slots beyond its radius to pad."""
-    n = len(ids)
-    radius = window - rng.integers(0, window, size=n)
+    radius, so a batch has no slots beyond its radius to pad. ids, sent: int64 [n]."""
+    n, device = len(ids), ids.device
+    radius = window - torch.randint(0, window, (n,), generator=gen, device=device)
+    order = torch.argsort(radius, stable=True)  # positions grouped by radius, in corpus order
+    sizes = torch.bincount(radius, minlength=window + 1)[1:].tolist()  # one sync per chunk
     groups = []
-    for r in range(1, window + 1):
-        centers = np.flatnonzero(radius == r)
-        offsets = np.concatenate([np.arange(-r, 0), np.arange(1, r + 1)])
+    for r, centers in zip(range(1, window + 1), order.split(sizes), strict=True):
+        offsets = torch.cat([torch.arange(-r, 0), torch.arange(1, r + 1)]).to(device)
         pos = centers[:, None] + offsets[None, :]
         mask = (pos >= 0) & (pos < n)
-        pos = np.clip(pos, 0, max(n - 1, 0))
+        pos = pos.clamp(0, max(n - 1, 0))
         mask &= sent[pos] == sent[centers][:, None]
         groups.append(Windows(centers=ids[centers], context=ids[pos], mask=mask))
     return groups
@@ -219,20 +228,24 @@ def windows(
 class AliasTable:
     """O(1) draws from a discrete distribution (Walker/Vose alias method)."""
 
-    def __init__(self, probabilities: np.ndarray):
+    def __init__(self, probabilities: np.ndarray, device: torch.device | str = "cpu"):
         n = len(probabilities)
         scaled = probabilities / probabilities.sum() * n
-        self.prob = np.ones(n, dtype=np.float64)
-        self.alias = np.arange(n, dtype=np.int64)
+        prob = np.ones(n, dtype=np.float64)
+        alias = np.arange(n, dtype=np.int64)
         small = [i for i in range(n) if scaled[i] < 1.0]
         large = [i for i in range(n) if scaled[i] >= 1.0]
         while small and large:
             s, g = small.pop(), large.pop()
-            self.prob[s], self.alias[s] = scaled[s], g
+            prob[s], alias[s] = scaled[s], g
             scaled[g] -= 1.0 - scaled[s]
             (small if scaled[g] < 1.0 else large).append(g)
+        self.prob = torch.from_numpy(prob).float().to(device)
+        self.alias = torch.from_numpy(alias).to(device)
 
-    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        """int64 `shape` of indices."""
-        column = rng.integers(0, len(self.prob), size=shape)
-        return np.where(rng.random(shape) < self.prob[column], column, self.alias[column])
+    def draw(self, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+        """int64 `shape` of indices, on the table's device (the generator's)."""
+        device = self.prob.device
+        column = torch.randint(0, len(self.prob), shape, generator=gen, device=device)
+        accept = torch.rand(shape, generator=gen, device=device) < self.prob[column]
+        return torch.where(accept, column, self.alias[column])

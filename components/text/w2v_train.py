@@ -17,7 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +29,7 @@ class Gradients:
 
     in_rows [n] / in_delta [n, D]: updates of the input (word) matrix
     out_rows [m] / out_delta [m, D]: updates of the output (context) matrix
-    loss: summed negative log-likelihood over `pairs` (center, context) examples
+    loss: summed negative log-likelihood over `pairs` (center, context) examples; both 0-dim
     """
 
     in_rows: torch.Tensor
@@ -38,17 +37,22 @@ class Gradients:
     out_rows: torch.Tensor
     out_delta: torch.Tensor
     loss: torch.Tensor
-    pairs: int
+    pairs: torch.Tensor
 
 
-def _targets(centers: torch.Tensor, negs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _targets(
+    centers: torch.Tensor, negs: torch.Tensor, has_context: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """Output rows [B, 1+K] (center first), labels [B, 1+K], and which rows count: a negative
-    equal to the center is skipped, as in word2vec.c."""
+    equal to the center is skipped, as in word2vec.c; with `has_context` [B], rows of centers
+    without context count nowhere."""
     targets = torch.cat([centers[:, None], negs], dim=1)
     labels = torch.zeros(targets.shape, dtype=torch.float32, device=centers.device)
     labels[:, 0] = 1.0
     valid = targets != centers[:, None]
     valid[:, 0] = True
+    if has_context is not None:
+        valid &= has_context[:, None]
     return targets, labels, valid
 
 
@@ -83,7 +87,7 @@ def skipgram_gradients(
     dim = x.shape[-1]
     return Gradients(
         context.reshape(-1), in_delta.reshape(-1, dim), targets.reshape(-1),
-        out_delta.reshape(-1, dim), loss, int(mask.sum()),
+        out_delta.reshape(-1, dim), loss, mask.sum(),
     )  # fmt: skip
 
 
@@ -101,12 +105,13 @@ def cbow_gradients(
     """CBOW step: the mean of the context input vectors predicts the center; every context
     word receives the full hidden-layer error (word2vec.c `-cbow 1`, gensim `cbow_mean=1`).
 
-    Same shapes as `skipgram_gradients`; centers without any context word must be removed.
+    Same shapes as `skipgram_gradients`; centers without any context word change nothing.
     """
     counts = mask.sum(dim=1, keepdim=True)  # [B, 1]
-    share = mask / counts  # [B, 2r]: the mean over the slots in the window
+    has_context = counts[:, 0] > 0
+    share = mask / counts.clamp(min=1)  # [B, 2r]: the mean over the slots in the window
     h = F.embedding_bag(context, w_in, mode="sum", per_sample_weights=share)  # [B, D]
-    targets, labels, valid = _targets(centers, negs)
+    targets, labels, valid = _targets(centers, negs, has_context)
     y = w_out[targets]  # [B, 1+K, D]
     logits = (y * h[:, None, :]).sum(-1)  # [B, 1+K]; ~4x faster than B matrix-vector bmm
     weight = valid.to(logits.dtype)
@@ -119,33 +124,38 @@ def cbow_gradients(
     dim = h.shape[-1]
     return Gradients(
         context.reshape(-1), in_delta.reshape(-1, dim), targets.reshape(-1),
-        out_delta.reshape(-1, dim), loss, len(centers),
+        out_delta.reshape(-1, dim), loss, has_context.sum(),
     )  # fmt: skip
 
 
 def row_scales(
-    batch: Windows, negs: np.ndarray, mode: str, vocab_size: int, cap: int | None
-) -> tuple[np.ndarray, np.ndarray]:
+    batch: Windows, negs: torch.Tensor, mode: str, vocab_size: int, cap: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row factors min(1, cap / n) for the input and output matrices, n being how many
     examples of the batch update that row. Sequential SGD recomputes the gradient after each
     example; a batch sums them from the same weights, which overshoots on the few most
     frequent units (a batch of 1024 centers updates the output row of "the" ~600 times).
     Capping those rows keeps batched SGD stable; rows of ordinary units are untouched.
-    float32 [V] each (all ones when `cap` is None)."""
-    ones = np.ones(vocab_size, dtype=np.float32)
+    float32 [V] each on the batch's device (all ones when `cap` is None); no host sync."""
+    device = batch.centers.device
+    ones = torch.ones(vocab_size, device=device)
     if cap is None:
         return ones, ones
-    per_center = batch.mask.sum(axis=1)
-    n_in = np.bincount(batch.context[batch.mask], minlength=vocab_size)
-    targets = np.concatenate([batch.centers[:, None], negs], axis=1)
-    valid = targets != batch.centers[:, None]
-    valid[:, 0] = True
-    weights = np.broadcast_to(per_center[:, None], targets.shape) if mode == "skipgram" else None
-    n_out = np.bincount(
-        targets[valid], weights=None if weights is None else weights[valid], minlength=vocab_size
+    mask = batch.mask.float()
+    per_center = mask.sum(dim=1)
+    n_in = torch.zeros(vocab_size, device=device).index_add_(
+        0, batch.context.reshape(-1), mask.reshape(-1)
     )
-    scale_in = np.minimum(1.0, cap / np.maximum(n_in, 1)).astype(np.float32)
-    scale_out = np.minimum(1.0, cap / np.maximum(n_out, 1)).astype(np.float32)
+    has_context = per_center > 0 if mode == "cbow" else None
+    targets, _, valid = _targets(batch.centers, negs, has_context)
+    weights = valid.float()
+    if mode == "skipgram":  # every context word of the center is one example per target
+        weights = weights * per_center[:, None]
+    n_out = torch.zeros(vocab_size, device=device).index_add_(
+        0, targets.reshape(-1), weights.reshape(-1)
+    )
+    scale_in = (cap / n_in.clamp(min=1)).clamp(max=1.0)
+    scale_out = (cap / n_out.clamp(min=1)).clamp(max=1.0)
     return scale_in, scale_out
 
 
@@ -179,19 +189,13 @@ class SgdKernel:
     def close(self) -> None:
         self.pool.shutdown()
 
-    def step(self, batch: Windows, negs: np.ndarray, alpha: float) -> tuple[float, int]:
-        """One update from `batch` with negatives [B, K]; returns (summed loss, examples)."""
-        keep = batch.mask.any(axis=1) if self.mode == "cbow" else None
-        arrays = [batch.centers, batch.context, batch.mask, negs]
-        if keep is not None and not keep.all():
-            arrays = [a[keep] for a in arrays]
-        if len(arrays[0]) == 0:
-            return 0.0, 0
-        scales = row_scales(
-            Windows(*arrays[:3]), arrays[3], self.mode, len(self.w_in), self.update_cap
-        )
-        scales = [torch.from_numpy(s).to(self.device) for s in scales]
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+    def step(
+        self, batch: Windows, negs: torch.Tensor, alpha: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update from `batch` with negatives [B, K] (on the matrices' device); returns
+        (summed loss, examples) as 0-dim tensors, so a GPU step never waits for the host."""
+        scales = row_scales(batch, negs, self.mode, len(self.w_in), self.update_cap)
+        tensors = [batch.centers, batch.context, batch.mask, negs]
         shards = list(zip(*(t.tensor_split(self.workers) for t in tensors), strict=True))
         shards = [s for s in shards if len(s[0])]
         if len(shards) == 1:
@@ -203,8 +207,7 @@ class SgdKernel:
             ]
             grads = [job.result() for job in jobs]
         self._apply(grads)
-        loss = float(sum(g.loss for g in grads))
-        return loss, sum(g.pairs for g in grads)
+        return sum(g.loss for g in grads), sum(g.pairs for g in grads)
 
     def _apply(self, grads: list[Gradients]) -> None:
         def apply_in() -> None:

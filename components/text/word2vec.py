@@ -339,6 +339,11 @@ class Word2Vec:
         return "".join(table[b] for b in self.tokenizer.token_bytes(int(key)))
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A generator seed per (seed, epoch): an epoch replays the same draws after a resume."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def _vocab_digest(vocab: Vocabulary) -> str:
     data = json.dumps([vocab.keys, vocab.counts.tolist()]).encode()
     return hashlib.sha256(data).hexdigest()[:16]
@@ -354,8 +359,12 @@ class _Trainer:
         self.digest = f"{digest}-{config.training_digest()}"
         self.on_metrics = on_metrics or (lambda step, metrics: None)
         self.device = pick_device(config.device)
-        self.keep = vocab.keep_probabilities(config.sample)
-        self.negatives = AliasTable(np.diff(vocab.negative_cdf(), prepend=0.0))
+        keep = vocab.keep_probabilities(config.sample)
+        self.keep = torch.from_numpy(keep).float().to(self.device)
+        probabilities = np.diff(vocab.negative_cdf(), prepend=0.0)
+        self.negatives = AliasTable(probabilities, self.device)
+        # Bigger batches need bigger chunks, or a chunk's radius groups make ragged batches.
+        self.chunk = max(CHUNK, 16 * config.batch_size)
 
     def run(self) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         cfg = self.config
@@ -394,24 +403,27 @@ class _Trainer:
 
     def _epoch(self, kernel: SgdKernel, epoch: int, total: int, bar: tqdm) -> float:
         cfg = self.config
-        rng = np.random.default_rng([cfg.seed, epoch])
+        gen = torch.Generator(self.device).manual_seed(_epoch_seed(cfg.seed, epoch))
         done = epoch * self.corpus.n_positions
         loss_sum = examples = 0.0
-        for ids, sent in self.corpus.chunks(CHUNK):
-            ids_kept, sent_kept = subsample(ids, sent, self.keep, rng)
+        for ids, sent in self.corpus.chunks(self.chunk):
+            ids, sent = (torch.from_numpy(a).to(self.device) for a in (ids, sent))
+            ids_kept, sent_kept = subsample(ids, sent, self.keep, gen)
             n = len(ids_kept)
-            chunk_loss = chunk_examples = seen = 0.0
+            chunk_loss = chunk_examples = torch.zeros((), device=self.device)
+            seen = 0
             alpha = cfg.alpha
-            for group in windows(ids_kept, sent_kept, cfg.window, rng):
+            for group in windows(ids_kept, sent_kept, cfg.window, gen):
                 for start in range(0, len(group), cfg.batch_size):
                     batch = group.slice(start, start + cfg.batch_size)
                     progress = (done + len(ids) * seen / max(n, 1)) / total
                     alpha = cfg.alpha * max(cfg.min_alpha_ratio, 1.0 - progress)
-                    negs = self.negatives.draw((len(batch), cfg.negative), rng)
+                    negs = self.negatives.draw((len(batch), cfg.negative), gen)
                     loss, count = kernel.step(batch, negs, alpha)
                     chunk_loss, chunk_examples = chunk_loss + loss, chunk_examples + count
                     seen += len(batch)
             done += len(ids)
+            chunk_loss, chunk_examples = chunk_loss.item(), chunk_examples.item()  # one sync
             loss_sum, examples = loss_sum + chunk_loss, examples + chunk_examples
             mean = chunk_loss / max(chunk_examples, 1)
             self.on_metrics(done, {"loss": mean, "lr": alpha, "epoch": epoch + 1})

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from components.text.w2v_data import (
     AliasTable,
@@ -81,21 +82,25 @@ def test_negative_cdf_is_unigram_to_the_three_quarters():
     np.testing.assert_allclose(vocab.negative_cdf(power=1.0), np.cumsum([256, 81, 16, 1]) / 354)
 
 
-def negatives(cdf: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    return AliasTable(np.diff(cdf, prepend=0.0)).draw(shape, rng)
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def negatives(cdf: np.ndarray, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return AliasTable(np.diff(cdf, prepend=0.0)).draw(shape, gen(seed)).numpy()
 
 
 def test_alias_table_matches_an_uneven_distribution():
     p = np.random.default_rng(3).pareto(1.0, 50) + 1e-3
     p /= p.sum()
-    drawn = AliasTable(p).draw((400_000,), np.random.default_rng(4))
+    drawn = AliasTable(p).draw((400_000,), gen(4)).numpy()
     freq = np.bincount(drawn, minlength=50) / drawn.size
     assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / drawn.size), (freq, p)
 
 
 def test_negatives_follow_the_cdf():
     vocab = Vocabulary(["a", "b", "c", "d"], np.array([256, 81, 16, 1]))
-    drawn = negatives(vocab.negative_cdf(), (40_000, 5), np.random.default_rng(0))
+    drawn = negatives(vocab.negative_cdf(), (40_000, 5), 0)
     assert drawn.shape == (40_000, 5)
     assert drawn.min() >= 0 and drawn.max() <= 3
     freq = np.bincount(drawn.ravel(), minlength=4) / drawn.size
@@ -105,8 +110,8 @@ def test_negatives_follow_the_cdf():
 
 def test_negatives_are_seeded():
     cdf = Vocabulary(["a", "b"], np.array([3, 1])).negative_cdf()
-    first = negatives(cdf, (100, 5), np.random.default_rng(7))
-    again = negatives(cdf, (100, 5), np.random.default_rng(7))
+    first = negatives(cdf, (100, 5), 7)
+    again = negatives(cdf, (100, 5), 7)
     assert np.array_equal(first, again)
 
 
@@ -115,7 +120,8 @@ def test_subsample_keeps_each_unit_with_its_probability():
     keep = np.array([0.2, 0.5, 1.0, 0.05])
     ids = rng.integers(0, 4, size=200_000)
     sent = np.arange(len(ids))  # sentence numbers double as positions here
-    ids_kept, sent_kept = subsample(ids, sent, keep, np.random.default_rng(2))
+    kept = subsample(*map(torch.from_numpy, (ids, sent, keep)), gen(2))
+    ids_kept, sent_kept = (t.numpy() for t in kept)
     assert np.array_equal(ids_kept, ids[sent_kept])  # survivors stay aligned, in order
     assert np.all(np.diff(sent_kept) > 0)
     rate = np.bincount(ids_kept, minlength=4) / np.bincount(ids, minlength=4)
@@ -137,8 +143,9 @@ def rows(win) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         assert group.context.shape == group.mask.shape == (len(group.centers), group.mask.shape[1])
         half = group.mask.shape[1] // 2
         offsets = np.concatenate([np.arange(-half, 0), np.arange(1, half + 1)])
+        context, mask = group.context.numpy(), group.mask.numpy()
         for i, center in enumerate(group.centers.tolist()):
-            out.append((center, offsets, group.context[i], group.mask[i]))
+            out.append((center, offsets, context[i], mask[i]))
     return out
 
 
@@ -148,7 +155,7 @@ def test_windows_shrink_within_the_sentence(window):
     n = len(sent)
     ids = np.arange(n)  # each unit its own id, so a context id is the position it came from
     radii = []
-    found = rows(windows(ids, sent, window, np.random.default_rng(0)))
+    found = rows(windows(torch.from_numpy(ids), torch.from_numpy(sent), window, gen(0)))
     assert sorted(center for center, *_ in found) == ids.tolist()  # every position once
     for center, offsets, context, mask in found:
         assert len(offsets) <= 2 * window
@@ -171,7 +178,7 @@ def test_windows_shrink_within_the_sentence(window):
 
 
 def test_windows_of_single_unit_sentences_are_empty():
-    found = rows(windows(np.array([4, 5, 6]), np.array([0, 1, 2]), 3, np.random.default_rng(0)))
+    found = rows(windows(torch.tensor([4, 5, 6]), torch.tensor([0, 1, 2]), 3, gen(0)))
     assert sorted(center for center, *_ in found) == [4, 5, 6]
     assert not any(mask.any() for *_, mask in found)
 

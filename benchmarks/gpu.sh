@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA device, in one go: the GPU tests, then the GPU benchmarks.
+#
+#   bash benchmarks/gpu.sh [LOG_DIR]     (from the repository root; default LOG_DIR .loom/gpu)
+#
+# Needs torch with CUDA, pytest, numpy, pyarrow, safetensors, tqdm, pyyaml and gensim (the
+# word2vec baseline and evaluators); not Prefect, MLflow or DVC. Logs go to LOG_DIR, one per
+# step; a failing step does not stop the later ones, and the exit status is the first failure.
+set -u -o pipefail
+logs=${1:-.loom/gpu}
+mkdir -p "$logs"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+step() {  # step NAME COMMAND...: run, log to LOG_DIR/NAME.log, remember the first failure
+  local name=$1
+  shift
+  echo "== $name: $*"
+  local started=$SECONDS
+  "$@" 2>&1 | tee "$logs/$name.log"
+  local rc=$?
+  echo "== $name: exit $rc in $((SECONDS - started)) s"
+  [ "$status" -ne 0 ] || status=$rc
+}
+
+step device python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), \
+torch.cuda.get_device_properties(0).total_memory // 2**30, 'GiB')"
+step tests python3 -m pytest -m gpu -q -p no:cacheprovider \
+  tests/components/nn/test_attention.py tests/components/text/test_word2vec.py \
+  tests/components/train/test_gpu.py
+step word2vec python3 benchmarks/word2vec.py --device cuda --gensim-workers 2 \
+  --batch-size 4096 16384 65536
+step attention python3 benchmarks/attention.py --device cuda
+step checkpointing python3 benchmarks/checkpointing.py --device cuda
+step checkpointing_large python3 benchmarks/checkpointing.py --device cuda \
+  --batch 8 --length 4096 --dim 512 --depth 8 --heads 8
+exit "$status"
