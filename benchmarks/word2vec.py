@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.text.stdlib_text import iter_stdlib_documents  # noqa: E402
-from components.text.w2v_data import EncodedCorpus, Vocabulary, count_units  # noqa: E402
+from components.text.w2v_data import EncodedCorpus  # noqa: E402
 from components.text.word2vec import Word2Vec, Word2VecConfig  # noqa: E402
 from components.text.word2vec_stage import words  # noqa: E402
 
@@ -84,12 +84,10 @@ def quality(keys: list[str], vectors) -> tuple[float, float, float]:
 
 
 def passes(sentences) -> float:
-    """Seconds of Loom's host-side corpus passes: counting units, then encoding them."""
+    """Seconds of Loom's host-side corpus pass: counting and encoding units."""
     started = time.perf_counter()
-    counts, _, _ = count_units(sentences)
-    vocab = Vocabulary.build(counts, SETTINGS["min_count"], None)
     with tempfile.TemporaryDirectory() as tmp:
-        EncodedCorpus.write(sentences, vocab, Path(tmp), "bench")
+        EncodedCorpus.build(sentences, SETTINGS["min_count"], None, Path(tmp))
     return time.perf_counter() - started
 
 
@@ -134,7 +132,7 @@ def main() -> None:
     n_words = sum(map(len, sentences))
     print(f"corpus: {n_words:,} words in {len(sentences):,} documents; cores: {os.cpu_count()}")
     print(f"settings: {SETTINGS}; gensim workers: {args.gensim_workers}; loom on {args.device}")
-    print(f"loom corpus passes (count + encode, part of each loom time): {passes(sentences):.2f} s")
+    print(f"loom corpus pass (count + encode, part of each loom time): {passes(sentences):.2f} s")
     header = f"{'mode':9} {'impl':12} {'seconds':>8} {'words/s':>11} {'ws353 rho':>9}"
     print(header + f" {'oov %':>6} {'analogy %':>9}")
     target = 20.0 if args.device == "cuda" else 1.0

@@ -1,20 +1,21 @@
 """word2vec data: the vocabulary, the corpus encoded once to disk, and per-epoch windows.
 
-The corpus is read twice (count, then encode) and afterwards lives as two int32 files in a
-work directory: `ids.i32` (vocabulary indices; out-of-vocabulary units are dropped before
-windowing, as word2vec.c does) and `sent.i32` (the sentence number of each position).
-Epochs stream those files in sentence-aligned chunks through `np.memmap`, so memory is
-bounded by the chunk size and the vocabulary, never by the corpus.
+The corpus is read once: each unit is written as a provisional id (first-seen order) while
+its count accrues; once the vocabulary is known, numpy remaps those ids in chunks. The result
+lives as two int32 files in a work directory: `ids.i32` (vocabulary indices; units out of the
+vocabulary are dropped before windowing, as word2vec.c does) and `sent.i32` (the sentence
+number of each position). Epochs stream those files in sentence-aligned chunks through
+`np.memmap`, so memory is bounded by the chunk size and the vocabulary, never by the corpus.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ class Vocabulary:
     counts: np.ndarray
 
     @classmethod
-    def build(cls, counts: Counter, min_count: int, max_vocab: int | None) -> Vocabulary:
+    def build(cls, counts: Mapping, min_count: int, max_vocab: int | None) -> Vocabulary:
         """Units seen >= `min_count` times, the `max_vocab` most frequent of them."""
         kept = sorted(((k, c) for k, c in counts.items() if c >= min_count), key=_rank)
         kept = kept[:max_vocab] if max_vocab is not None else kept
@@ -71,64 +72,133 @@ def _rank(item: tuple[Key, int]) -> tuple:
     return (-count, str(type(key)), key)
 
 
-def count_units(sentences: Iterable[Sequence]) -> tuple[Counter, int, int]:
-    """(unit counts, sentences, units) over one pass of the corpus."""
-    counts: Counter = Counter()
-    n_sentences = n_units = 0
-    for sentence in sentences:
-        if isinstance(sentence, np.ndarray) and sentence.dtype.kind in "iu":
-            values, freq = np.unique(sentence, return_counts=True)
-            counts.update(dict(zip(values.tolist(), freq.tolist(), strict=True)))
-        else:
-            counts.update(sentence)
-        n_sentences += 1
-        n_units += len(sentence)
-    return counts, n_sentences, n_units
+class _Provisional:
+    """Provisional int ids for units during the single pass: token id arrays keep their ids;
+    any other unit (a word, or an int in a list) gets the next id when first seen."""
+
+    def __init__(self) -> None:
+        self.index: dict = {}  # unit -> provisional id (keyed units)
+        self.arrays = False  # the corpus yields integer arrays: ids are the tokens' own
+        self.max_id = -1
+
+    def encode(self, sentence: Sequence) -> np.ndarray:
+        if isinstance(sentence, np.ndarray) and sentence.dtype.kind in "iu" and not self.index:
+            self.arrays = True
+        if self.arrays:
+            ids = np.asarray(sentence, dtype=np.int64)
+            ids = ids[ids >= 0]
+            if len(ids):
+                self.max_id = max(self.max_id, int(ids.max()))
+            return ids.astype(np.int32)
+        if isinstance(sentence, np.ndarray):
+            sentence = sentence.tolist()
+        index, add = self.index, self.index.setdefault
+        return np.array([add(unit, len(index)) for unit in sentence], dtype=np.int32)
+
+    def keys(self) -> list:
+        """The unit of each provisional id, by id."""
+        return list(range(self.max_id + 1)) if self.arrays else list(self.index)
+
+
+class _WriteBuffer:
+    """Batches the single pass's writes: per-sentence writes cost more than the encoding."""
+
+    SIZE = 1 << 20  # positions
+
+    def __init__(self, ids: BinaryIO, sent: BinaryIO):
+        self.ids, self.sent = ids, sent
+        self.parts: list[np.ndarray] = []
+        self.numbers: list[int] = []
+        self.lengths: list[int] = []
+        self.size = 0
+
+    def add(self, coded: np.ndarray, number: int) -> None:
+        if len(coded):
+            self.parts.append(coded)
+            self.numbers.append(number)
+            self.lengths.append(len(coded))
+            self.size += len(coded)
+            if self.size >= self.SIZE:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.ids.write(np.concatenate(self.parts).tobytes())
+            numbers = np.repeat(np.asarray(self.numbers, dtype=np.int32), self.lengths)
+            self.sent.write(numbers.tobytes())
+        self.parts, self.numbers, self.lengths, self.size = [], [], [], 0
 
 
 class EncodedCorpus:
-    """The in-vocabulary positions of a corpus as int32 memmaps under `directory`."""
+    """The in-vocabulary positions of a corpus as int32 memmaps under `directory`.
 
-    FORMAT = 1
+    n_positions: positions kept (in vocabulary); n_raw: units read; n_sentences: sentences
+    read; n_distinct: distinct units read; top_count: occurrences of the most frequent one.
+    """
+
+    FORMAT = 2
+    REMAP_CHUNK = 1 << 22
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         meta = json.loads((self.directory / "encoded.json").read_text())
         self.n_positions: int = meta["positions"]
         self.n_raw: int = meta["raw_units"]
-        self.digest: str = meta["vocab_digest"]
+        self.n_sentences: int = meta["sentences"]
+        self.n_distinct: int = meta["distinct"]
+        self.top_count: int = meta["top_count"]
 
     @classmethod
-    def write(
-        cls, sentences: Iterable[Sequence], vocab: Vocabulary, directory: Path, digest: str
-    ) -> EncodedCorpus:
-        """Encode every sentence with `vocab` (dropping unknown units) into `directory`."""
+    def build(
+        cls,
+        sentences: Iterable[Sequence],
+        min_count: int,
+        max_vocab: int | None,
+        directory: Path,
+    ) -> tuple[Vocabulary, EncodedCorpus]:
+        """Count and encode `sentences` in one pass into `directory`: the vocabulary
+        (`Vocabulary.build` rules) and the corpus with out-of-vocabulary units dropped."""
         directory.mkdir(parents=True, exist_ok=True)
-        encode = _encoder(vocab)
-        positions = raw = 0
-        with open(directory / "ids.i32", "wb") as ids, open(directory / "sent.i32", "wb") as sent:
+        raw_ids, raw_sent = directory / "raw-ids.i32", directory / "raw-sent.i32"
+        units = _Provisional()
+        n_sentences = n_raw = 0
+        with open(raw_ids, "wb") as ids, open(raw_sent, "wb") as sent:
+            buffer = _WriteBuffer(ids, sent)
             for number, sentence in enumerate(sentences):
-                raw += len(sentence)
-                coded = encode(sentence)
-                if len(coded) == 0:
-                    continue
-                ids.write(coded.tobytes())
-                sent.write(np.full(len(coded), number, dtype=np.int32).tobytes())
-                positions += len(coded)
-        meta = {"format": cls.FORMAT, "positions": positions, "raw_units": raw}
+                coded = units.encode(sentence)
+                n_sentences, n_raw = n_sentences + 1, n_raw + len(sentence)
+                buffer.add(coded, number)
+            buffer.flush()
+        keys = units.keys()
+        counts = np.zeros(len(keys), dtype=np.int64)
+        for provisional, _ in _memmap_chunks(raw_ids, raw_sent, cls.REMAP_CHUNK):
+            counts += np.bincount(provisional, minlength=len(keys))
+        seen = np.flatnonzero(counts >= min_count)
+        vocab = Vocabulary.build(
+            {keys[i]: int(counts[i]) for i in seen.tolist()}, min_count, max_vocab
+        )
+        table = np.full(len(keys), -1, dtype=np.int32)
+        if len(vocab):
+            provisional = vocab.keys if units.arrays else [units.index[k] for k in vocab.keys]
+            table[np.asarray(provisional)] = np.arange(len(vocab), dtype=np.int32)
+        positions = 0
+        with open(directory / "ids.i32", "wb") as ids, open(directory / "sent.i32", "wb") as sent:
+            for provisional, numbers in _memmap_chunks(raw_ids, raw_sent, cls.REMAP_CHUNK):
+                coded = table[provisional]
+                kept = coded >= 0
+                ids.write(coded[kept].tobytes())
+                sent.write(numbers[kept].tobytes())
+                positions += int(kept.sum())
+        raw_ids.unlink(), raw_sent.unlink()
+        meta = {
+            "format": cls.FORMAT, "positions": positions, "raw_units": n_raw,
+            "sentences": n_sentences, "distinct": int((counts > 0).sum()),
+            "top_count": int(counts.max(initial=0)),
+        }  # fmt: skip
         tmp = directory / "encoded.json.tmp"
-        tmp.write_text(json.dumps(meta | {"vocab_digest": digest}))
+        tmp.write_text(json.dumps(meta))
         os.replace(tmp, directory / "encoded.json")
-        return cls(directory)
-
-    @classmethod
-    def open(cls, directory: Path, digest: str) -> EncodedCorpus | None:
-        """The encoding in `directory` if it was made with the vocabulary `digest`."""
-        try:
-            corpus = cls(directory)
-        except (OSError, ValueError, KeyError):
-            return None
-        return corpus if corpus.digest == digest else None
+        return vocab, cls(directory)
 
     def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, sentence numbers) int64 arrays of about `size` positions, ending on a sentence
@@ -152,25 +222,14 @@ class EncodedCorpus:
             start = end
 
 
-def _encoder(vocab: Vocabulary) -> Callable[[Sequence], np.ndarray]:
-    if vocab.keys and all(isinstance(k, int) for k in vocab.keys[:1]):
-        table = np.full(max(vocab.keys) + 1, -1, dtype=np.int32)
-        table[np.asarray(vocab.keys)] = np.arange(len(vocab), dtype=np.int32)
-
-        def encode_ids(sentence: Sequence) -> np.ndarray:
-            ids = np.asarray(sentence, dtype=np.int64)
-            ids = ids[(ids >= 0) & (ids < len(table))]
-            coded = table[ids]
-            return coded[coded >= 0]
-
-        return encode_ids
-    index = vocab.index()
-
-    def encode_words(sentence: Sequence) -> np.ndarray:
-        coded = [i for i in map(index.get, sentence) if i is not None]
-        return np.asarray(coded, dtype=np.int32)
-
-    return encode_words
+def _memmap_chunks(ids: Path, sent: Path, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, sentence numbers) of two parallel int32 files, `size` positions at a time."""
+    if ids.stat().st_size == 0:
+        return
+    ids_map = np.memmap(ids, dtype=np.int32, mode="r")
+    sent_map = np.memmap(sent, dtype=np.int32, mode="r")
+    for start in range(0, len(ids_map), size):
+        yield np.array(ids_map[start : start + size]), np.array(sent_map[start : start + size])
 
 
 @dataclass

@@ -41,7 +41,6 @@ from components.text.w2v_data import (
     EncodedCorpus,
     Sentences,
     Vocabulary,
-    count_units,
     subsample,
     windows,
 )
@@ -167,19 +166,19 @@ class Word2Vec:
             if work_dir is None:
                 work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="w2v-"))
             work = Path(work_dir)
-            counts, n_sentences, n_units = count_units(sentences())
-            if n_units == 0:
-                raise EmptyCorpusError(f"empty token stream: {n_sentences} sentences, 0 units")
-            vocab = Vocabulary.build(counts, config.min_count, config.max_vocab)
+            vocab, corpus = EncodedCorpus.build(
+                sentences(), config.min_count, config.max_vocab, work / "encoded"
+            )
+            if corpus.n_raw == 0:
+                raise EmptyCorpusError(
+                    f"empty token stream: {corpus.n_sentences} sentences, 0 units"
+                )
             if len(vocab) == 0:
                 raise EmptyCorpusError(
                     f"vocabulary empty after min_count = {config.min_count}: the most frequent "
-                    f"of {len(counts)} distinct units occurs {max(counts.values())} times"
+                    f"of {corpus.n_distinct} distinct units occurs {corpus.top_count} times"
                 )
             digest = _vocab_digest(vocab)
-            corpus = EncodedCorpus.open(work / "encoded", digest)
-            if corpus is None:
-                corpus = EncodedCorpus.write(sentences(), vocab, work / "encoded", digest)
             trainer = _Trainer(config, vocab, corpus, work, digest, on_metrics)
             w_in, w_out, history = trainer.run()
         return cls(config, vocab, w_in, w_out, tokenizer, history)

@@ -13,7 +13,6 @@ from components.text.w2v_data import (
     AliasTable,
     EncodedCorpus,
     Vocabulary,
-    count_units,
     subsample,
     windows,
 )
@@ -42,12 +41,16 @@ def test_build_orders_token_ids_numerically_on_ties():
     assert vocab.keys == [7, 2, 10, 300]
 
 
-def test_count_units_over_lists_and_id_arrays():
-    counts, n_sentences, n_units = count_units(
-        [["a", "b", "a"], [], np.array([3, 3, 5], dtype=np.int32), [5]]
-    )
-    assert counts == Counter({"a": 2, "b": 1, 3: 2, 5: 2})
-    assert (n_sentences, n_units) == (4, 7)
+def test_build_counts_lists_and_id_arrays_in_one_pass(tmp_path):
+    sentences = [["a", "b", "a"], [], np.array([3, 3, 5], dtype=np.int32), [5], ["a"]]
+    vocab, corpus = EncodedCorpus.build(iter(sentences), 1, None, tmp_path / "enc")
+    assert dict(zip(vocab.keys, vocab.counts.tolist(), strict=True)) == {
+        "a": 3, "b": 1, 3: 2, 5: 2,
+    }  # fmt: skip
+    assert (corpus.n_sentences, corpus.n_raw, corpus.n_distinct, corpus.top_count) == (5, 8, 4, 3)
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
+        "encoded.json", "ids.i32", "sent.i32",
+    ]  # fmt: skip
 
 
 def test_keep_probabilities_by_hand():
@@ -184,9 +187,9 @@ def test_windows_of_single_unit_sentences_are_empty():
 
 
 def test_encoded_corpus_drops_unknown_units_and_chunks_on_sentences(tmp_path):
-    vocab = Vocabulary.build(Counter({"a": 5, "b": 3, "c": 1}), min_count=2, max_vocab=None)
     sentences = [["a", "b", "c"], ["c"], ["b", "a", "a", "b"], ["a"] * 7]
-    corpus = EncodedCorpus.write(sentences, vocab, tmp_path / "enc", "digest-1")
+    vocab, corpus = EncodedCorpus.build(sentences, 3, None, tmp_path / "enc")  # "c": 2 times
+    assert vocab.keys == ["a", "b"] and vocab.counts.tolist() == [10, 3]
     assert (corpus.n_positions, corpus.n_raw) == (13, 15)
     chunks = list(corpus.chunks(3))
     ids = np.concatenate([c[0] for c in chunks])
@@ -196,14 +199,26 @@ def test_encoded_corpus_drops_unknown_units_and_chunks_on_sentences(tmp_path):
     # each chunk ends on a sentence boundary; a 7-unit sentence is cut
     # after at most one more chunk
     assert [c[1].tolist() for c in chunks[:2]] == [[0, 0, 2, 2, 2, 2], [3] * 6]
-    assert EncodedCorpus.open(tmp_path / "enc", "digest-1").n_positions == 13
-    assert EncodedCorpus.open(tmp_path / "enc", "digest-2") is None
-    assert EncodedCorpus.open(tmp_path / "missing", "digest-1") is None
+
+
+def test_encoded_corpus_remaps_across_chunks(tmp_path, monkeypatch):
+    """The remap pass reads the provisional ids in chunks: counts and ids add up across them."""
+    monkeypatch.setattr(EncodedCorpus, "REMAP_CHUNK", 4)
+    rng = np.random.default_rng(0)
+    sentences = [[f"w{i}" for i in rng.zipf(1.5, size=n) % 30] for n in rng.integers(1, 9, 50)]
+    vocab, corpus = EncodedCorpus.build(sentences, 3, 10, tmp_path / "enc")
+    counts = Counter(w for s in sentences for w in s)
+    want_vocab = Vocabulary.build(counts, 3, 10)
+    assert vocab.keys == want_vocab.keys and np.array_equal(vocab.counts, want_vocab.counts)
+    ids, sent = (np.concatenate(c) for c in zip(*corpus.chunks(1000), strict=True))
+    index = vocab.index()
+    want = [(index[w], n) for n, s in enumerate(sentences) for w in s if w in index]
+    assert list(zip(ids.tolist(), sent.tolist(), strict=True)) == want
 
 
 def test_encoded_corpus_of_token_ids(tmp_path):
-    vocab = Vocabulary.build(Counter({300: 4, 7: 2, 9: 1}), min_count=2, max_vocab=None)
-    sentences = [np.array([7, 9, 300, 12345], dtype=np.int32), np.array([300, 300, 300])]
-    corpus = EncodedCorpus.write(sentences, vocab, tmp_path / "enc", "d")
+    sentences = [np.array([7, 9, 300, 12345, -1], dtype=np.int32), np.array([300, 300, 300])]
+    vocab, corpus = EncodedCorpus.build(sentences, 2, None, tmp_path / "enc")
+    assert vocab.keys == [300] and isinstance(vocab.keys[0], int)
     ids, sent = next(corpus.chunks(100))
-    assert ids.tolist() == [1, 0, 0, 0, 0] and sent.tolist() == [0, 0, 1, 1, 1]
+    assert ids.tolist() == [0, 0, 0, 0] and sent.tolist() == [0, 1, 1, 1]
