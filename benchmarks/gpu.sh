@@ -26,9 +26,10 @@ step device python3 -c "import torch; print(torch.__version__, torch.cuda.get_de
 torch.cuda.get_device_properties(0).total_memory // 2**30, 'GiB')"
 step tests python3 -m pytest -m gpu -q -p no:cacheprovider \
   tests/components/nn/test_attention.py tests/components/text/test_word2vec.py \
+  tests/components/text/test_w2v_graphs.py \
   tests/components/train/test_gpu.py
 step word2vec python3 benchmarks/word2vec.py --device cuda --gensim-workers 2 \
-  --batch-size 4096 16384 65536
+  --batch-size 4096 8192 16384 --compare-eager
 step attention python3 benchmarks/attention.py --device cuda
 step checkpointing python3 benchmarks/checkpointing.py --device cuda
 step checkpointing_large python3 benchmarks/checkpointing.py --device cuda \

@@ -25,6 +25,7 @@ With several `--batch-size` values, Loom trains once per value against the one g
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -105,8 +106,12 @@ def run_gensim(sentences, mode: str, workers: int) -> tuple[float, tuple]:
     return seconds, quality(list(model.wv.index_to_key), model.wv.vectors)
 
 
-def run_loom(sentences, mode: str, device: str, batch_size: int | None) -> tuple[float, tuple]:
-    config = Word2VecConfig(mode=mode, unit="word", device=device, progress=False, **SETTINGS)
+def run_loom(
+    sentences, mode: str, device: str, batch_size: int | None, cuda_graphs: bool = True
+) -> tuple[float, tuple]:
+    config = Word2VecConfig(
+        mode=mode, unit="word", device=device, cuda_graphs=cuda_graphs, progress=False, **SETTINGS
+    )
     if batch_size:
         config.batch_size = batch_size
     started = time.perf_counter()
@@ -122,6 +127,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[None])
     parser.add_argument("--gensim-workers", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--compare-eager", action="store_true", help="cuda: also run each batch size without graphs"
+    )
     args = parser.parse_args()
 
     if args.device == "cuda":
@@ -133,20 +141,22 @@ def main() -> None:
     print(f"corpus: {n_words:,} words in {len(sentences):,} documents; cores: {os.cpu_count()}")
     print(f"settings: {SETTINGS}; gensim workers: {args.gensim_workers}; loom on {args.device}")
     print(f"loom corpus pass (count + encode, part of each loom time): {passes(sentences):.2f} s")
-    header = f"{'mode':9} {'impl':12} {'seconds':>8} {'words/s':>11} {'ws353 rho':>9}"
+    header = f"{'mode':9} {'impl':18} {'seconds':>8} {'words/s':>11} {'ws353 rho':>9}"
     print(header + f" {'oov %':>6} {'analogy %':>9}")
     target = 20.0 if args.device == "cuda" else 1.0
     for mode in ("skipgram", "cbow") if args.mode == "both" else (args.mode,):
         g_sec, g_q = run_gensim(sentences, mode, args.gensim_workers)
         print(row(mode, "gensim", n_words, g_sec, g_q), flush=True)
-        for batch_size in args.batch_size:
-            l_sec, l_q = run_loom(sentences, mode, args.device, batch_size)
+        graphs = (True, False) if args.compare_eager and args.device == "cuda" else (True,)
+        for batch_size, cuda_graphs in itertools.product(args.batch_size, graphs):
+            l_sec, l_q = run_loom(sentences, mode, args.device, batch_size, cuda_graphs)
             impl = f"loom b={batch_size}" if batch_size else "loom"
+            impl += "" if cuda_graphs else " eager"
             print(row(mode, impl, n_words, l_sec, l_q))
             ratio, d_rho, d_acc = g_sec / l_sec, l_q[0] - g_q[0], (l_q[2] - g_q[2]) * 100
             ok = ratio >= target and d_rho >= -0.02 and d_acc >= -1.0
             print(
-                f"{mode:9} {impl:12} throughput {ratio:.2f}x gensim (target >= {target:g}x), "
+                f"{mode:9} {impl:18} throughput {ratio:.2f}x gensim (target >= {target:g}x), "
                 f"rho {d_rho:+.3f} (>= -0.02), analogy {d_acc:+.2f} points (>= -1): "
                 f"{'MET' if ok else 'NOT MET'}",
                 flush=True,
@@ -156,7 +166,7 @@ def main() -> None:
 def row(mode: str, impl: str, n_words: int, seconds: float, q: tuple) -> str:
     rate = n_words * SETTINGS["epochs"] / seconds
     return (
-        f"{mode:9} {impl:12} {seconds:8.2f} {rate:11,.0f} {q[0]:9.3f} {q[1]:6.1f} {q[2] * 100:9.2f}"
+        f"{mode:9} {impl:18} {seconds:8.2f} {rate:11,.0f} {q[0]:9.3f} {q[1]:6.1f} {q[2] * 100:9.2f}"
     )
 
 
