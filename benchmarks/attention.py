@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/attention.py [--device cpu|cuda] [--lengths 1024 4096 16384]
                                              [--repeats 3] [--threads 1]
 
-Shapes: q, k, v [B=1, H=4, N, D=64] float32 (small, so SDPA at N = 16K finishes on 2 CPU
+Shapes: q, k, v [B=1, H=4, N, D=64] float32 by default (small, so SDPA at N = 16K finishes on 2 CPU
 cores); causal and not; `components.nn.attention.softmax_attention` (SDPA) and
 `linear_attention` (chunk 64). Time: best of at least `--repeats` calls (more, up to 1 s of
 them, for short ones) after one warm-up call. CPU threads: 1 by default. On a shared 2-core
@@ -35,10 +35,10 @@ SPEED_TARGET = 50.0  # SDPA time / linear time at the longest length, at least
 KINDS = {"softmax": softmax_attention, "linear": linear_attention}
 
 
-def make_step(kind: str, n: int, causal: bool, device: str):
-    """A closure running one forward + backward on fresh leaf q, k, v [1, 4, n, 64]."""
+def make_step(kind: str, n: int, causal: bool, device: str, batch: int = BATCH, heads: int = HEADS):
+    """A closure running one forward + backward on fresh leaf q, k, v [batch, heads, n, 64]."""
     gen = torch.Generator(device).manual_seed(0)
-    shape = (BATCH, HEADS, n, HEAD_DIM)
+    shape = (batch, heads, n, HEAD_DIM)
     q, k, v = (
         torch.randn(shape, generator=gen, device=device, requires_grad=True) for _ in range(3)
     )
@@ -58,7 +58,7 @@ def make_step(kind: str, n: int, causal: bool, device: str):
 def measure(case: dict) -> dict:
     """One case, in this process: `{"ms": ...}` or `{"mb": ...}`."""
     torch.set_num_threads(case["threads"])
-    args = case["kind"], case["n"], case["causal"], case["device"]
+    args = case["kind"], case["n"], case["causal"], case["device"], case["batch"], case["heads"]
     if case["what"] == "time":
         return {"ms": 1e3 * best_seconds(make_step(*args), case["repeats"], min_total=1.0)}
     make_step(case["kind"], 256, case["causal"], case["device"])()  # load kernels, pools
@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--heads", type=int, default=HEADS)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = parser.parse_args()
@@ -78,7 +80,7 @@ def main() -> None:
         return
 
     print(
-        f"device {args.device}, threads {args.threads}, q/k/v [{BATCH}, {HEADS}, N, "
+        f"device {args.device}, threads {args.threads}, q/k/v [{args.batch}, {args.heads}, N, "
         f"{HEAD_DIM}] float32, forward + backward, best of {args.repeats}"
     )
     print(f"{'causal':>6} {'N':>6} {'kind':>8} {'time ms':>10} {'peak MB':>9}")
@@ -89,6 +91,7 @@ def main() -> None:
                 row = {}
                 for what in ("time", "memory"):
                     case = dict(kind=kind, n=n, causal=causal, device=args.device, what=what)
+                    case |= dict(batch=args.batch, heads=args.heads)
                     row |= in_subprocess(
                         __file__, case | {"repeats": args.repeats, "threads": args.threads}
                     )
