@@ -1,10 +1,11 @@
 """Softmax attention (SDPA, the anchor) vs linear attention: forward + backward, by length.
 
     .venv/bin/python benchmarks/attention.py [--device cpu|cuda] [--lengths 1024 4096 16384]
-                                             [--repeats 3] [--threads 1]
+                                             [--repeats 3] [--threads 1] [--batch 1] [--heads 4]
 
-Shapes: q, k, v [B=1, H=4, N, D=64] float32 by default (small, so SDPA at N = 16K finishes on 2 CPU
-cores); causal and not; `components.nn.attention.softmax_attention` (SDPA) and
+Shapes: q, k, v [B, H, N, D=64] float32, B=1 and H=4 by default (small, so SDPA at N = 16K
+finishes on 2 CPU cores; a GPU is better judged at a real batch, e.g. --batch 8 --heads 8);
+causal and not; `components.nn.attention.softmax_attention` (SDPA) and
 `linear_attention` (chunk 64). Time: best of at least `--repeats` calls (more, up to 1 s of
 them, for short ones) after one warm-up call. CPU threads: 1 by default. On a shared 2-core
 machine, 2 threads make every parallel op wait for a scheduler slice whenever another process
