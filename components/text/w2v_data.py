@@ -254,12 +254,19 @@ class Windows:
         return len(self.centers)
 
 
+def gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for a [V, ...] table and any index shape: `index_select` on the flat index
+    is ~5x faster on CPU than advanced indexing, which goes through a generic kernel."""
+    flat = table.index_select(0, index.reshape(-1))
+    return flat.view(*index.shape, *table.shape[1:])
+
+
 def subsample(
     ids: torch.Tensor, sent: torch.Tensor, keep: torch.Tensor, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop frequent units with their keep probabilities (before windowing, as word2vec.c).
     ids, sent [n] and keep [V] on the generator's device."""
-    kept = torch.rand(len(ids), generator=gen, device=ids.device) < keep[ids]
+    kept = torch.rand(len(ids), generator=gen, device=ids.device) < gather(keep, ids)
     return ids[kept], sent[kept]
 
 
@@ -279,8 +286,8 @@ def windows(
         pos = centers[:, None] + offsets[None, :]
         mask = (pos >= 0) & (pos < n)
         pos = pos.clamp(0, max(n - 1, 0))
-        mask &= sent[pos] == sent[centers][:, None]
-        groups.append(Windows(centers=ids[centers], context=ids[pos], mask=mask))
+        mask &= gather(sent, pos) == gather(sent, centers)[:, None]
+        groups.append(Windows(gather(ids, centers), gather(ids, pos), mask))
     return groups
 
 
@@ -306,5 +313,5 @@ class AliasTable:
         """int64 `shape` of indices, on the table's device (the generator's)."""
         device = self.prob.device
         column = torch.randint(0, len(self.prob), shape, generator=gen, device=device)
-        accept = torch.rand(shape, generator=gen, device=device) < self.prob[column]
-        return torch.where(accept, column, self.alias[column])
+        accept = torch.rand(shape, generator=gen, device=device) < gather(self.prob, column)
+        return torch.where(accept, column, gather(self.alias, column))

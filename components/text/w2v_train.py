@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from components.text.w2v_data import Windows
+from components.text.w2v_data import Windows, gather
 
 
 @dataclass
@@ -74,13 +74,13 @@ def skipgram_gradients(
     scale_in, scale_out [V]: per-row factors of this batch's updates (see `row_scales`).
     """
     targets, labels, valid = _targets(centers, negs)
-    x = w_in[context]  # [B, 2r, D]
-    y = w_out[targets]  # [B, 1+K, D]
+    x = gather(w_in, context)  # [B, 2r, D]
+    y = gather(w_out, targets)  # [B, 1+K, D]
     logits = torch.bmm(x, y.transpose(1, 2))  # [B, 2r, 1+K]
     weight = (mask[:, :, None] & valid[:, None, :]).to(logits.dtype)
     g = (labels[:, None, :] - torch.sigmoid(logits)) * weight * alpha  # 0 at masked slots
-    in_delta = torch.bmm(g * scale_in[context][:, :, None], y)  # [B, 2r, D]
-    g_out = g * scale_out[targets][:, None, :]
+    in_delta = torch.bmm(g * gather(scale_in, context)[:, :, None], y)  # [B, 2r, D]
+    g_out = g * gather(scale_out, targets)[:, None, :]
     out_delta = torch.bmm(g_out.transpose(1, 2), x)  # [B, 1+K, D]
     signed = torch.where(labels[:, None, :] > 0, logits, -logits)
     loss = -(F.logsigmoid(signed) * weight).sum()
@@ -112,15 +112,15 @@ def cbow_gradients(
     share = mask / counts.clamp(min=1)  # [B, 2r]: the mean over the slots in the window
     h = F.embedding_bag(context, w_in, mode="sum", per_sample_weights=share)  # [B, D]
     targets, labels, valid = _targets(centers, negs, has_context)
-    y = w_out[targets]  # [B, 1+K, D]
+    y = gather(w_out, targets)  # [B, 1+K, D]
     logits = (y * h[:, None, :]).sum(-1)  # [B, 1+K]; ~4x faster than B matrix-vector bmm
     weight = valid.to(logits.dtype)
     g = (labels - torch.sigmoid(logits)) * weight * alpha
     dh = torch.bmm(g[:, None, :], y)[:, 0]  # [B, D]
-    out_delta = (g * scale_out[targets])[:, :, None] * h[:, None, :]  # [B, 1+K, D]
+    out_delta = (g * gather(scale_out, targets))[:, :, None] * h[:, None, :]  # [B, 1+K, D]
     signed = torch.where(labels > 0, logits, -logits)
     loss = -(F.logsigmoid(signed) * weight).sum()
-    in_delta = dh[:, None, :] * (mask * scale_in[context])[:, :, None]  # [B, 2r, D]
+    in_delta = dh[:, None, :] * (mask * gather(scale_in, context))[:, :, None]  # [B, 2r, D]
     dim = h.shape[-1]
     return Gradients(
         context.reshape(-1), in_delta.reshape(-1, dim), targets.reshape(-1),
