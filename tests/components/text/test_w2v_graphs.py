@@ -81,3 +81,45 @@ def test_graphs_need_a_cuda_kernel():
     kernel = SgdKernel(torch.zeros(3, 2), torch.zeros(3, 2), "skipgram", 1, None)
     with pytest.raises(ValueError, match="CUDA"):
         GraphedKernel(kernel, 8, 5)
+
+
+class RecordingKernel:
+    """Stands in for a CUDA `SgdKernel`: records which batches ran eagerly."""
+
+    device = torch.device("cuda")
+
+    def __init__(self):
+        self.eager: list[int] = []
+
+    def step(self, batch, negs, alpha):
+        self.eager.append(len(batch))
+        return torch.tensor(0.0), torch.tensor(len(batch))
+
+
+def windows_of(n: int, width: int) -> Windows:
+    return Windows(
+        torch.zeros(n, dtype=torch.int64),
+        torch.zeros(n, width, dtype=torch.int64),
+        torch.ones(n, width, dtype=torch.bool),
+    )
+
+
+def test_failed_capture_falls_back_to_eager_steps(monkeypatch, capsys):
+    def refuse(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr("components.text.w2v_graphs._CapturedStep", refuse)
+    kernel = RecordingKernel()
+    graphed = GraphedKernel(kernel, 8, 5)
+    for n in (8, 3, 8):
+        loss, count = graphed.step(windows_of(n, 4), torch.zeros(n, 5, dtype=torch.int64), 0.1)
+        assert int(count) == n
+    assert graphed.failed and kernel.eager == [8, 3, 8]  # no second capture attempt
+    assert "CUDA graph capture failed, running eagerly" in capsys.readouterr().err
+
+
+def test_batches_beyond_the_captured_size_run_eagerly():
+    kernel = RecordingKernel()
+    graphed = GraphedKernel(kernel, 8, 5)
+    graphed.step(windows_of(9, 2), torch.zeros(9, 5, dtype=torch.int64), 0.1)
+    assert kernel.eager == [9] and not graphed.captured and not graphed.failed
