@@ -50,6 +50,7 @@ from components.text.w2v_train import SgdKernel
 FORMAT = 1
 CHUNK = 1 << 18  # positions per streamed chunk: bounds memory of the window arrays
 CHECKPOINT = "checkpoint.safetensors"
+TRAINER = 2  # bump when the same config would draw other samples: old checkpoints then restart
 
 
 class EmptyCorpusError(ValueError):
@@ -359,7 +360,7 @@ class _Trainer:
 
     def __init__(self, config, vocab, corpus, work: Path, digest: str, on_metrics) -> None:
         self.config, self.vocab, self.corpus, self.work = config, vocab, corpus, work
-        self.digest = f"{digest}-{config.training_digest()}"
+        self.digest = f"{digest}-{config.training_digest()}-t{TRAINER}"
         self.on_metrics = on_metrics or (lambda step, metrics: None)
         self.device = pick_device(config.device)
         keep = vocab.keep_probabilities(config.sample)
