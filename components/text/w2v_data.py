@@ -1,7 +1,7 @@
 """word2vec data: the vocabulary, the corpus encoded once to disk, and per-epoch windows.
 
-The corpus is read once: each unit is written as a provisional id (first-seen order) while
-its count accrues; once the vocabulary is known, numpy remaps those ids in chunks. The result
+The corpus is read once: each unit is written as a provisional id (first-seen order) and
+counted; once the vocabulary is known, numpy remaps those ids in chunks. The result
 lives as two int32 files in a work directory: `ids.i32` (vocabulary indices; units out of the
 vocabulary are dropped before windowing, as word2vec.c does) and `sent.i32` (the sentence
 number of each position). Epochs stream those files in sentence-aligned chunks through
@@ -101,7 +101,8 @@ class _Provisional:
 
 
 class _WriteBuffer:
-    """Batches the single pass's writes: per-sentence writes cost more than the encoding."""
+    """Batches the single pass's writes (per-sentence writes cost more than the encoding) and
+    counts each provisional id as it goes: counts [max id seen + 1]."""
 
     SIZE = 1 << 20  # positions
 
@@ -111,6 +112,7 @@ class _WriteBuffer:
         self.numbers: list[int] = []
         self.lengths: list[int] = []
         self.size = 0
+        self.counts = np.zeros(0, dtype=np.int64)
 
     def add(self, coded: np.ndarray, number: int) -> None:
         if len(coded):
@@ -123,7 +125,12 @@ class _WriteBuffer:
 
     def flush(self) -> None:
         if self.parts:
-            self.ids.write(np.concatenate(self.parts).tobytes())
+            coded = np.concatenate(self.parts)
+            found = np.bincount(coded)
+            if len(found) > len(self.counts):
+                self.counts = np.pad(self.counts, (0, len(found) - len(self.counts)))
+            self.counts[: len(found)] += found
+            self.ids.write(coded.tobytes())
             numbers = np.repeat(np.asarray(self.numbers, dtype=np.int32), self.lengths)
             self.sent.write(numbers.tobytes())
         self.parts, self.numbers, self.lengths, self.size = [], [], [], 0
@@ -170,9 +177,7 @@ class EncodedCorpus:
                 buffer.add(coded, number)
             buffer.flush()
         keys = units.keys()
-        counts = np.zeros(len(keys), dtype=np.int64)
-        for provisional, _ in _memmap_chunks(raw_ids, raw_sent, cls.REMAP_CHUNK):
-            counts += np.bincount(provisional, minlength=len(keys))
+        counts = np.pad(buffer.counts, (0, len(keys) - len(buffer.counts)))
         seen = np.flatnonzero(counts >= min_count)
         vocab = Vocabulary.build(
             {keys[i]: int(counts[i]) for i in seen.tolist()}, min_count, max_vocab

@@ -13,6 +13,7 @@ from components.text.w2v_data import (
     AliasTable,
     EncodedCorpus,
     Vocabulary,
+    _WriteBuffer,
     subsample,
     windows,
 )
@@ -202,8 +203,9 @@ def test_encoded_corpus_drops_unknown_units_and_chunks_on_sentences(tmp_path):
 
 
 def test_encoded_corpus_remaps_across_chunks(tmp_path, monkeypatch):
-    """The remap pass reads the provisional ids in chunks: counts and ids add up across them."""
+    """Counts add up across the pass's write flushes, ids across the remap pass's chunks."""
     monkeypatch.setattr(EncodedCorpus, "REMAP_CHUNK", 4)
+    monkeypatch.setattr(_WriteBuffer, "SIZE", 5)
     rng = np.random.default_rng(0)
     sentences = [[f"w{i}" for i in rng.zipf(1.5, size=n) % 30] for n in rng.integers(1, 9, 50)]
     vocab, corpus = EncodedCorpus.build(sentences, 3, 10, tmp_path / "enc")
