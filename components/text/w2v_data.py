@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 Key = Hashable  # a word (str) or a token id (int)
 Sentences = Callable[[], Iterable[Sequence]]  # re-iterable corpus: a fresh pass per call
@@ -162,9 +163,11 @@ class EncodedCorpus:
         min_count: int,
         max_vocab: int | None,
         directory: Path,
+        progress: bool = False,
     ) -> tuple[Vocabulary, EncodedCorpus]:
         """Count and encode `sentences` in one pass into `directory`: the vocabulary
         (`Vocabulary.build` rules) and the corpus with out-of-vocabulary units dropped."""
+        sentences = tqdm(sentences, "word2vec corpus", unit="sentence", disable=not progress)
         directory.mkdir(parents=True, exist_ok=True)
         raw_ids, raw_sent = directory / "raw-ids.i32", directory / "raw-sent.i32"
         units = _Provisional()

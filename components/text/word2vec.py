@@ -172,7 +172,7 @@ class Word2Vec:
                 work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="w2v-"))
             work = Path(work_dir)
             vocab, corpus = EncodedCorpus.build(
-                sentences(), config.min_count, config.max_vocab, work / "encoded"
+                sentences(), config.min_count, config.max_vocab, work / "encoded", config.progress
             )
             if corpus.n_raw == 0:
                 raise EmptyCorpusError(
