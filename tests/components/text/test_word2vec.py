@@ -265,13 +265,35 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, script_chunks, ch
 @pytest.mark.parametrize("mode", ["skipgram", "cbow"])
 def test_results_do_not_depend_on_workers(mode):
     sentences, _, _ = two_clusters(seed=2)
-    config = small_config(mode=mode, epochs=2, batch_size=128, sample=1e-2)
+    config = small_config(mode=mode, epochs=2, batch_size=128, sample=1e-2, compile="never")
     one = Word2Vec.train(lambda: sentences, config)
     two = Word2Vec.train(lambda: sentences, small_config(**(vars(config) | {"workers": 2})))
     np.testing.assert_allclose(two.vectors, one.vectors, rtol=0, atol=1e-6)
     np.testing.assert_allclose(two.output, one.output, rtol=0, atol=1e-6)
     np.testing.assert_allclose(two.history, one.history, rtol=1e-6)
     assert np.abs(one.vectors).max() > 0.1  # trained, not the near-zero initialisation
+
+
+def test_compiled_training_is_deterministic_and_equals_eager_up_to_rounding():
+    sentences, _, _ = two_clusters(seed=2)
+    config = small_config(mode="cbow", epochs=2, batch_size=128, sample=1e-2)
+    assert config.compiles()  # compile: auto takes CBOW's compiled step
+    first = Word2Vec.train(lambda: sentences, config)
+    assert np.array_equal(Word2Vec.train(lambda: sentences, config).vectors, first.vectors)
+    eager = Word2Vec.train(lambda: sentences, small_config(**(vars(config) | {"compile": "never"})))
+    assert not np.array_equal(eager.vectors, first.vectors)  # other rounding: another path ran
+    np.testing.assert_allclose(first.vectors, eager.vectors, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(first.history, eager.history, rtol=1e-4)
+    assert np.abs(first.vectors).max() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("mode", "compile", "compiles"),
+    [("cbow", "auto", True), ("skipgram", "auto", False), ("skipgram", "always", True),
+     ("cbow", "never", False)],
+)  # fmt: skip
+def test_compile_auto_means_cbow_only(mode, compile, compiles):
+    assert Word2VecConfig(mode=mode, compile=compile).compiles() is compiles
 
 
 def test_same_seed_same_vectors_other_seed_other_vectors():
