@@ -19,6 +19,9 @@ questions-words analogy accuracy (3CosAdd, restrict_vocab 30000).
 Targets: CPU throughput >= 1.0x gensim at rho >= gensim - 0.02 and analogy >= gensim - 1
 point; on a GPU machine (--device cuda --gensim-workers 2) >= 20x gensim's 2-core throughput.
 CUDA is initialised before the clock starts (a GPU process pays that once, not per model).
+Loom runs with its defaults otherwise: on CPU `compile: auto` compiles CBOW's step, and the
+first compiled run of the process pays Inductor's start-up (~3 s with a warm disk cache,
+~15-20 s cold) inside its time.
 With several `--batch-size` values, Loom trains once per value against the one gensim run.
 With `--seeds N`, every model trains N times (seeds 1..N) and the verdict compares means: the
 evaluation sets are small on this corpus (~50 in-vocabulary WordSim353 pairs), so one run's
