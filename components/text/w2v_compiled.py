@@ -144,9 +144,9 @@ class CompiledKernel:
         self.alpha.fill_(alpha)
         call = (self.kernel.w_in, self.kernel.w_out, *tensors, self.alpha)
         width = batch.context.shape[1]
-        if width in self.widths:  # compiled already: no config patch on the hot path
-            return self.compiled(*call)
         try:
+            if width in self.widths:  # compiled already: no config patch on the hot path
+                return self.compiled(*call)
             with torch._dynamo.config.patch(recompile_limit=_MAX_KERNELS):
                 result = self.compiled(*call)
         except _COMPILE_FAILED as error:  # raised before anything ran
