@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from components.text.w2v_data import Windows
-from components.text.w2v_train import Gradients, SgdKernel, _targets, row_scales
+from components.text.w2v_train import (
+    Gradients,
+    SgdKernel,
+    negative_log_likelihood,
+    output_targets,
+    row_scales,
+)
 
 # Inductor unrolls a reduction only up to this many terms; beyond, it vectorises across the
 # reduced axis (the 2r context slots) and gathers each of the D columns separately, ~6x slower.
@@ -31,10 +37,9 @@ _UNROLL = {"unroll_reductions_threshold": 64}
 # Kernels per process: one per (mode, width, batch size, dim, ...); Dynamo's default of 8 would
 # fail both modes of one process. Beyond this, the step runs eagerly.
 _MAX_KERNELS = 64
-_COMPILE_FAILED = tuple(
-    getattr(torch._dynamo.exc, name)
-    for name in ("TorchDynamoException", "FailOnRecompileLimitHit")  # the latter: torch >= 2.6
-    if hasattr(torch._dynamo.exc, name)
+_COMPILE_FAILED = (
+    torch._dynamo.exc.TorchDynamoException,
+    torch._dynamo.exc.FailOnRecompileLimitHit,
 )
 
 
@@ -50,7 +55,7 @@ def fused_skipgram_gradients(
     scale_out: torch.Tensor,
 ) -> Gradients:
     """`w2v_train.skipgram_gradients` as broadcasts and sums (same arguments and result)."""
-    targets, labels, valid = _targets(centers, negs)
+    targets, labels, valid = output_targets(centers, negs)
     x = w_in[context]  # [B, 2r, D]
     y = w_out[targets]  # [B, 1+K, D]
     logits = (x[:, :, None, :] * y[:, None, :, :]).sum(-1)  # [B, 2r, 1+K]
@@ -58,8 +63,7 @@ def fused_skipgram_gradients(
     g = (labels[:, None, :] - torch.sigmoid(logits)) * weight * alpha
     in_delta = (g[..., None] * y[:, None, :, :]).sum(2) * scale_in[context][..., None]
     out_delta = (g[..., None] * x[:, :, None, :]).sum(1) * scale_out[targets][..., None]
-    signed = torch.where(labels[:, None, :] > 0, logits, -logits)
-    loss = -(F.logsigmoid(signed) * weight).sum()
+    loss = negative_log_likelihood(logits, labels[:, None, :], weight)
     return Gradients(
         context.reshape(-1), in_delta.flatten(0, 1), targets.reshape(-1), out_delta.flatten(0, 1),
         loss, mask.sum(),
@@ -82,7 +86,7 @@ def fused_cbow_gradients(
     has_context = counts[:, 0] > 0
     share = mask / counts.clamp(min=1)  # [B, 2r]
     h = (w_in[context] * share[..., None]).sum(1)  # [B, D]
-    targets, labels, valid = _targets(centers, negs, has_context)
+    targets, labels, valid = output_targets(centers, negs, has_context)
     y = w_out[targets]  # [B, 1+K, D]
     logits = (y * h[:, None, :]).sum(-1)  # [B, 1+K]
     weight = valid.to(logits.dtype)
@@ -90,8 +94,7 @@ def fused_cbow_gradients(
     dh = (g[..., None] * y).sum(1)  # [B, D]
     out_delta = (g * scale_out[targets])[..., None] * h[:, None, :]
     in_delta = dh[:, None, :] * (mask * scale_in[context])[..., None]
-    signed = torch.where(labels > 0, logits, -logits)
-    loss = -(F.logsigmoid(signed) * weight).sum()
+    loss = negative_log_likelihood(logits, labels, weight)
     return Gradients(
         context.reshape(-1), in_delta.flatten(0, 1), targets.reshape(-1), out_delta.flatten(0, 1),
         loss, has_context.sum(),

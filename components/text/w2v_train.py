@@ -40,7 +40,7 @@ class Gradients:
     pairs: torch.Tensor
 
 
-def _targets(
+def output_targets(
     centers: torch.Tensor, negs: torch.Tensor, has_context: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, ...]:
     """Output rows [B, 1+K] (center first), labels [B, 1+K], and which rows count: a negative
@@ -54,6 +54,14 @@ def _targets(
     if has_context is not None:
         valid &= has_context[:, None]
     return targets, labels, valid
+
+
+def negative_log_likelihood(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Summed -log sigmoid(+-logit) over the weighted slots (labels broadcast to logits)."""
+    signed = torch.where(labels > 0, logits, -logits)
+    return -(F.logsigmoid(signed) * weight).sum()
 
 
 def skipgram_gradients(
@@ -73,7 +81,7 @@ def skipgram_gradients(
     centers [B], context [B, 2W], mask [B, 2W] bool, negs [B, K]; w_in, w_out [V, D];
     scale_in, scale_out [V]: per-row factors of this batch's updates (see `row_scales`).
     """
-    targets, labels, valid = _targets(centers, negs)
+    targets, labels, valid = output_targets(centers, negs)
     x = gather(w_in, context)  # [B, 2r, D]
     y = gather(w_out, targets)  # [B, 1+K, D]
     logits = torch.bmm(x, y.transpose(1, 2))  # [B, 2r, 1+K]
@@ -82,8 +90,7 @@ def skipgram_gradients(
     in_delta = torch.bmm(g * gather(scale_in, context)[:, :, None], y)  # [B, 2r, D]
     g_out = g * gather(scale_out, targets)[:, None, :]
     out_delta = torch.bmm(g_out.transpose(1, 2), x)  # [B, 1+K, D]
-    signed = torch.where(labels[:, None, :] > 0, logits, -logits)
-    loss = -(F.logsigmoid(signed) * weight).sum()
+    loss = negative_log_likelihood(logits, labels[:, None, :], weight)
     dim = x.shape[-1]
     return Gradients(
         context.reshape(-1), in_delta.reshape(-1, dim), targets.reshape(-1),
@@ -111,15 +118,14 @@ def cbow_gradients(
     has_context = counts[:, 0] > 0
     share = mask / counts.clamp(min=1)  # [B, 2r]: the mean over the slots in the window
     h = F.embedding_bag(context, w_in, mode="sum", per_sample_weights=share)  # [B, D]
-    targets, labels, valid = _targets(centers, negs, has_context)
+    targets, labels, valid = output_targets(centers, negs, has_context)
     y = gather(w_out, targets)  # [B, 1+K, D]
     logits = (y * h[:, None, :]).sum(-1)  # [B, 1+K]; ~4x faster than B matrix-vector bmm
     weight = valid.to(logits.dtype)
     g = (labels - torch.sigmoid(logits)) * weight * alpha
     dh = torch.bmm(g[:, None, :], y)[:, 0]  # [B, D]
     out_delta = (g * gather(scale_out, targets))[:, :, None] * h[:, None, :]  # [B, 1+K, D]
-    signed = torch.where(labels > 0, logits, -logits)
-    loss = -(F.logsigmoid(signed) * weight).sum()
+    loss = negative_log_likelihood(logits, labels, weight)
     in_delta = dh[:, None, :] * (mask * gather(scale_in, context))[:, :, None]  # [B, 2r, D]
     dim = h.shape[-1]
     return Gradients(
@@ -147,7 +153,7 @@ def row_scales(
         0, batch.context.reshape(-1), mask.reshape(-1)
     )
     has_context = per_center > 0 if mode == "cbow" else None
-    targets, _, valid = _targets(batch.centers, negs, has_context)
+    targets, _, valid = output_targets(batch.centers, negs, has_context)
     weights = valid.float()
     if mode == "skipgram":  # every context word of the center is one example per target
         weights = weights * per_center[:, None]
