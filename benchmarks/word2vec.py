@@ -2,7 +2,7 @@
 
     python benchmarks/word2vec.py [--words 2000000] [--mode skipgram|cbow|both]
                                   [--device cpu|cuda] [--batch-size N [N ...]]
-                                  [--gensim-workers N] [--seeds N]
+                                  [--gensim-workers N] [--seeds N] [--hogwild off|on|both]
 
 Corpus: real English prose that ships offline with Python itself and with the installed
 packages: the stdlib's help topics, docstrings and comments, then the docstrings of
@@ -19,9 +19,13 @@ questions-words analogy accuracy (3CosAdd, restrict_vocab 30000).
 Targets: CPU throughput >= 1.0x gensim at rho >= gensim - 0.02 and analogy >= gensim - 1
 point; on a GPU machine (--device cuda --gensim-workers 2) >= 20x gensim's 2-core throughput.
 CUDA is initialised before the clock starts (a GPU process pays that once, not per model).
-Loom runs with its defaults otherwise: on CPU `compile: auto` compiles CBOW's step, and the
-first compiled run of the process pays Inductor's start-up (~3 s with a warm disk cache,
-~15-20 s cold) inside its time.
+Loom runs with its defaults otherwise: on CPU `compile: auto` compiles CBOW's step (and
+skip-gram's under hogwild), and the first compiled run of each kind in the process pays
+Inductor's start-up (~3 s with a warm disk cache, ~25-30 s cold) inside its time.
+On CPU Loom runs twice per model unless `--hogwild` says otherwise: its default,
+deterministic trainer (one stream of batches, each split over the cores), and `hogwild: true`
+(a thread per core training its own chunks on the shared matrices without locks, which is
+how gensim's workers run; results vary from run to run, as gensim's do with several workers).
 With several `--batch-size` values, Loom trains once per value against the one gensim run.
 With `--seeds N`, every model trains N times (seeds 1..N) and the verdict compares means: the
 evaluation sets are small on this corpus (~50 in-vocabulary WordSim353 pairs), so one run's
@@ -121,12 +125,14 @@ def run_loom(
     batch_size: int | None,
     cuda_graphs: bool = True,
     seed: int = 1,
+    hogwild: bool = False,
 ) -> tuple[float, tuple]:
     config = Word2VecConfig(
         mode=mode,
         unit="word",
         device=device,
         cuda_graphs=cuda_graphs,
+        hogwild=hogwild,
         progress=False,
         seed=seed,
         **SETTINGS,
@@ -150,6 +156,10 @@ def main() -> None:
         "--compare-eager", action="store_true", help="cuda: also run each batch size without graphs"
     )
     parser.add_argument("--seeds", type=int, default=1, help="train every model N times")
+    parser.add_argument(
+        "--hogwild", choices=["off", "on", "both"], default="both",
+        help="cpu: Loom's deterministic trainer, its hogwild threads, or both",
+    )  # fmt: skip
     args = parser.parse_args()
 
     if args.device == "cuda":
@@ -170,12 +180,18 @@ def main() -> None:
         for seed, (g_sec, g_q) in zip(seeds, gensim, strict=True):
             print(row(mode, f"gensim s={seed}", n_words, g_sec, g_q), flush=True)
         graphs = (True, False) if args.compare_eager and args.device == "cuda" else (True,)
-        for batch_size, cuda_graphs in itertools.product(args.batch_size, graphs):
+        hogwild = {"off": (False,), "on": (True,), "both": (False, True)}[args.hogwild]
+        if args.device == "cuda":
+            hogwild = (False,)
+        variants = itertools.product(args.batch_size, graphs, hogwild)
+        for batch_size, cuda_graphs, lock_free in variants:
             impl = f"loom b={batch_size}" if batch_size else "loom"
-            impl += "" if cuda_graphs else " eager"
+            impl += ("" if cuda_graphs else " eager") + (" hogwild" if lock_free else "")
             loom = []
             for seed in seeds:
-                loom.append(run_loom(sentences, mode, args.device, batch_size, cuda_graphs, seed))
+                loom.append(
+                    run_loom(sentences, mode, args.device, batch_size, cuda_graphs, seed, lock_free)
+                )
                 print(row(mode, f"{impl} s={seed}", n_words, *loom[-1]), flush=True)
             verdict(mode, impl, n_words, gensim, loom, target)
 

@@ -10,13 +10,16 @@ Shapes are static (a compiled kernel per context width, at the fixed batch size;
 is padded with empty windows, which change nothing, as in `w2v_graphs`), except the vocabulary
 size, so one set of kernels serves every corpus and is reused from Inductor's on-disk cache.
 Kernels run single-threaded (the trainer sets one torch thread), so their scatters add in a
-fixed order and training stays deterministic. Results equal the eager step's up to float
-rounding; `Word2VecConfig.training_digest` keeps the two apart for resuming.
+fixed order and training stays deterministic; for speed on several cores, hogwild threads
+(`Word2VecConfig.hogwild`) share one compiled kernel and run whole steps at once. Results
+equal the eager step's up to float rounding; `Word2VecConfig.training_digest` keeps the two
+apart for resuming.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +33,15 @@ from components.text.w2v_train import (
     row_scales,
 )
 
-# Inductor unrolls a reduction only up to this many terms; beyond, it vectorises across the
-# reduced axis (the 2r context slots) and gathers each of the D columns separately, ~6x slower.
-# Windows have at most 2 * window slots.
-_UNROLL = {"unroll_reductions_threshold": 64}
+_OPTIONS = {
+    # Inductor unrolls a reduction only up to this many terms; beyond, it vectorises across the
+    # reduced axis (the 2r context slots) and gathers each of the D columns separately, ~6x
+    # slower. Windows have at most 2 * window slots.
+    "unroll_reductions_threshold": 64,
+    # The C++ wrapper releases the GIL while the kernel runs (the default Python binding holds
+    # it), so hogwild threads run their steps at once.
+    "cpp_wrapper": True,
+}
 # Kernels per process: one per (mode, width, batch size, dim, ...); Dynamo's default of 8 would
 # fail both modes of one process. Beyond this, the step runs eagerly.
 _MAX_KERNELS = 64
@@ -130,8 +138,7 @@ class CompiledKernel:
         for table in (kernel.w_in, kernel.w_out):
             torch._dynamo.mark_dynamic(table, 0)  # vocabulary size: any corpus, same kernels
         step = _make_step(kernel.mode, kernel.update_cap)
-        self.compiled = torch.compile(step, fullgraph=True, dynamic=False, options=_UNROLL)
-        self.alpha = torch.zeros(())  # a tensor, so a new learning rate is not a new graph
+        self.compiled = torch.compile(step, fullgraph=True, dynamic=False, options=_OPTIONS)
         self.failed = False
         self.widths: set[int] = set()  # context widths compiled for
 
@@ -144,8 +151,9 @@ class CompiledKernel:
         tensors = [batch.centers, batch.context, batch.mask, negs]
         if pad:  # empty windows: mask False, so they weigh nothing anywhere
             tensors = [F.pad(t, (0, 0) * (t.dim() - 1) + (0, pad)) for t in tensors]
-        self.alpha.fill_(alpha)
-        call = (self.kernel.w_in, self.kernel.w_out, *tensors, self.alpha)
+        # alpha as a tensor, so a new learning rate is not a new graph; one per call, so that
+        # hogwild threads can share this kernel
+        call = (self.kernel.w_in, self.kernel.w_out, *tensors, torch.tensor(alpha))
         width = batch.context.shape[1]
         try:
             if width in self.widths:  # compiled already: no config patch on the hot path
@@ -159,6 +167,18 @@ class CompiledKernel:
             return self.kernel.step(batch, negs, alpha)
         self.widths.add(width)
         return result
+
+    def warm_up(self, widths: Iterable[int], negative: int) -> None:
+        """Compiles the step for every context width now (batches of empty windows, which
+        change nothing), so that threads sharing this kernel later only run it."""
+        for width in widths:
+            if self.failed:
+                return
+            empty = Windows(
+                torch.zeros(0, dtype=torch.long), torch.zeros(0, width, dtype=torch.long),
+                torch.zeros(0, width, dtype=torch.bool),
+            )  # fmt: skip
+            self.step(empty, torch.zeros(0, negative, dtype=torch.long), 0.0)
 
     def close(self) -> None:
         self.kernel.close()

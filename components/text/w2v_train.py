@@ -204,6 +204,9 @@ class SgdKernel:
         tensors = [batch.centers, batch.context, batch.mask, negs]
         shards = list(zip(*(t.tensor_split(self.workers) for t in tensors), strict=True))
         shards = [s for s in shards if len(s[0])]
+        if not shards:
+            zero = torch.zeros((), device=self.device)
+            return zero, zero
         if len(shards) == 1:
             grads = [self.gradients(self.w_in, self.w_out, *shards[0], alpha, *scales)]
         else:

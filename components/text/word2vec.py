@@ -23,7 +23,9 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,10 +52,12 @@ from components.text.w2v_train import SgdKernel
 if TYPE_CHECKING:
     from components.text.w2v_compiled import CompiledKernel
 
+    Kernel = SgdKernel | GraphedKernel | CompiledKernel
+
 FORMAT = 1
 CHUNK = 1 << 18  # positions per streamed chunk: bounds memory of the window arrays
 CHECKPOINT = "checkpoint.safetensors"
-TRAINER = 2  # bump when the same config would draw other samples: old checkpoints then restart
+TRAINER = 3  # bump when the same config would draw other samples: old checkpoints then restart
 
 
 class EmptyCorpusError(ValueError):
@@ -68,13 +72,20 @@ class Word2VecConfig:
         faster but adds more updates of a frequent word at once).
     update_cap: at most this many examples' worth of update per row and batch (null: no
         cap); see `w2v_train.row_scales`.
-    workers: CPU threads (0: all cores); results do not depend on it.
+    workers: CPU threads (0: all cores); results do not depend on it, unless `hogwild`.
+    hogwild: on CPU, run `workers` threads that each train their own chunks of the corpus at
+        once, updating the shared matrices without locks, as word2vec.c and gensim do. Each
+        thread's step is single-threaded, so more of the machine does useful work (and with
+        `compile`, only this parallelises the compiled step), but updates race: results vary
+        from run to run. Off (default): one stream of batches, each batch's gradients split
+        over the threads and applied in a fixed order, so a seed gives one result.
     device: "auto" takes CUDA when present; the same code runs on both.
     cuda_graphs: on CUDA, replay each batch step from a captured CUDA graph (the same
         arithmetic, one launch instead of ~60; see `w2v_graphs`).
     compile: on CPU, run each batch step as C++ made by `torch.compile` (the same arithmetic up
-        to float rounding; see `w2v_compiled`). "auto" compiles CBOW, ~2x faster that way, not
-        skip-gram, whose compiled step on one core is only as fast as the eager one on two.
+        to float rounding; see `w2v_compiled`). "auto" compiles CBOW, ~2x faster that way, and
+        skip-gram under `hogwild`; not skip-gram alone, whose compiled step on one core is only
+        as fast as the eager one split over two.
         The first run at a new batch size, dim or window compiles for ~15-20 s; later runs
         load the kernels from Inductor's disk cache in ~3 s.
     lowercase: fold word queries (and `unit: word` training text, in the stage) to lower case.
@@ -94,6 +105,7 @@ class Word2VecConfig:
     batch_size: int = 1024
     update_cap: int | None = 32
     workers: int = 0
+    hogwild: bool = False
     seed: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cuda_graphs: bool = True
@@ -119,7 +131,8 @@ class Word2VecConfig:
 
     def compiles(self) -> bool:
         """Whether a CPU run takes the compiled step."""
-        return self.compile == "always" or (self.compile == "auto" and self.mode == "cbow")
+        auto = self.mode == "cbow" or self.hogwild
+        return self.compile == "always" or (self.compile == "auto" and auto)
 
     def training_digest(self) -> str:
         """What the trained vectors depend on (not workers, device or progress bars)."""
@@ -356,9 +369,27 @@ class Word2Vec:
         return "".join(table[b] for b in self.tokenizer.token_bytes(int(key)))
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A generator seed per (seed, epoch): an epoch replays the same draws after a resume."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+def _in_order(pool: ThreadPoolExecutor, fn: Callable, jobs: Iterator[tuple], ahead: int):
+    """`fn(*job)` for every job on `pool`, at most `ahead` submitted at once; yields the results
+    in job order."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.submit(fn, *job))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # per thread: a hogwild thread's ops must not start OpenMP teams
+
+
+def _chunk_seed(seed: int, epoch: int, chunk: int) -> int:
+    """A generator seed per (seed, epoch, chunk): an epoch replays the same draws after a
+    resume, and a chunk draws the same whichever thread trains it."""
+    state = np.random.SeedSequence([seed, epoch, chunk]).generate_state(1, np.uint64)
+    return int(state[0] >> 1)
 
 
 def _vocab_digest(vocab: Vocabulary) -> str:
@@ -368,8 +399,9 @@ def _vocab_digest(vocab: Vocabulary) -> str:
 
 class _Trainer:
     """The epoch loop: streams chunks, draws windows and negatives, decays the learning rate,
-    checkpoints each epoch. Randomness per epoch comes from (seed, epoch), so resuming at an
-    epoch boundary replays exactly what an uninterrupted run would do."""
+    checkpoints each epoch. Randomness per chunk comes from (seed, epoch, chunk), so resuming at
+    an epoch boundary replays exactly what an uninterrupted run would do, and hogwild threads
+    draw what one thread would."""
 
     def __init__(self, config, vocab, corpus, work: Path, digest: str, on_metrics) -> None:
         self.config, self.vocab, self.corpus, self.work = config, vocab, corpus, work
@@ -383,6 +415,7 @@ class _Trainer:
         # Bigger batches need bigger chunks, or a chunk's radius groups make ragged batches.
         self.chunk = max(CHUNK, 16 * config.batch_size)
 
+    @torch.no_grad()
     def run(self) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         cfg = self.config
         w_in, w_out, start, history = self._resume() or self._init()
@@ -393,7 +426,9 @@ class _Trainer:
                 file=sys.stderr,
             )
         workers = cfg.workers or os.cpu_count() or 1
-        kernel = SgdKernel(w_in, w_out, cfg.mode, workers, cfg.update_cap)
+        self.hogwild = hogwild = workers if cfg.hogwild and self.device.type == "cpu" else 1
+        # Hogwild threads each run whole steps: no batch is split between them.
+        kernel = SgdKernel(w_in, w_out, cfg.mode, workers // hogwild, cfg.update_cap)
         if self.device.type == "cuda" and cfg.cuda_graphs:
             kernel = GraphedKernel(kernel, cfg.batch_size, cfg.negative)
         elif self.device.type == "cpu" and cfg.compiles():
@@ -401,18 +436,23 @@ class _Trainer:
 
             kernel = CompiledKernel(kernel, cfg.batch_size)
         threads = torch.get_num_threads()
+        pool = ThreadPoolExecutor(hogwild, initializer=_one_thread) if hogwild > 1 else None
         total = cfg.epochs * self.corpus.n_positions
         bar = tqdm(
             total=total, initial=start * self.corpus.n_positions, unit="word", unit_scale=True,
             desc=f"word2vec {cfg.mode}", disable=not cfg.progress,
         )  # fmt: skip
         try:
-            torch.set_num_threads(1)
+            torch.set_num_threads(1)  # before compiling: kernels are made for this many
+            if hogwild > 1 and hasattr(kernel, "warm_up"):  # worker threads only run kernels
+                kernel.warm_up(range(2, 2 * cfg.window + 1, 2), cfg.negative)
             for epoch in range(start, cfg.epochs):
-                history.append(self._epoch(kernel, epoch, total, bar))
+                history.append(self._epoch(kernel, epoch, total, bar, pool))
                 self._checkpoint(w_in, w_out, epoch + 1, history)
         finally:
             torch.set_num_threads(threads)
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
             kernel.close()
             bar.close()
         return w_in, w_out, history
@@ -425,37 +465,56 @@ class _Trainer:
         return w_in.to(self.device), w_out.to(self.device), 0, []
 
     def _epoch(
-        self, kernel: SgdKernel | GraphedKernel | CompiledKernel, epoch: int, total: int, bar: tqdm
+        self, kernel: Kernel, epoch: int, total: int, bar: tqdm, pool: ThreadPoolExecutor | None
     ) -> float:
-        cfg = self.config
-        gen = torch.Generator(self.device).manual_seed(_epoch_seed(cfg.seed, epoch))
-        done = epoch * self.corpus.n_positions
+        """Trains every chunk once, on `pool`'s threads at once when given (hogwild); reports
+        chunks in corpus order either way."""
+
+        def jobs() -> Iterator[tuple]:
+            done = epoch * self.corpus.n_positions
+            for index, (ids, sent) in enumerate(self.corpus.chunks(self.chunk)):
+                yield kernel, _chunk_seed(self.config.seed, epoch, index), ids, sent, done, total
+                done += len(ids)
+
+        if pool is None:
+            results = (self._chunk(*job) for job in jobs())
+        else:  # a few chunks ahead keep every thread busy; memory stays a few chunks
+            results = _in_order(pool, self._chunk, jobs(), 2 * self.hogwild)
         loss_sum = examples = 0.0
-        for ids, sent in self.corpus.chunks(self.chunk):
-            ids, sent = (torch.from_numpy(a).to(self.device) for a in (ids, sent))
-            ids_kept, sent_kept = subsample(ids, sent, self.keep, gen)
-            n = len(ids_kept)
-            chunk_loss = chunk_examples = torch.zeros((), device=self.device)
-            seen = 0
-            alpha = cfg.alpha
-            for group in windows(ids_kept, sent_kept, cfg.window, gen):
-                group_negs = self.negatives.draw((len(group), cfg.negative), gen)
-                for start in range(0, len(group), cfg.batch_size):
-                    stop = start + cfg.batch_size
-                    batch, negs = group.slice(start, stop), group_negs[start:stop]
-                    progress = (done + len(ids) * seen / max(n, 1)) / total
-                    alpha = cfg.alpha * max(cfg.min_alpha_ratio, 1.0 - progress)
-                    loss, count = kernel.step(batch, negs, alpha)
-                    chunk_loss, chunk_examples = chunk_loss + loss, chunk_examples + count
-                    seen += len(batch)
-            done += len(ids)
-            chunk_loss, chunk_examples = chunk_loss.item(), chunk_examples.item()  # one sync
+        for done, n_ids, chunk_loss, chunk_examples, alpha in results:
             loss_sum, examples = loss_sum + chunk_loss, examples + chunk_examples
             mean = chunk_loss / max(chunk_examples, 1)
             self.on_metrics(done, {"loss": mean, "lr": alpha, "epoch": epoch + 1})
-            bar.update(len(ids))
+            bar.update(n_ids)
             bar.set_postfix(lr=f"{alpha:.2e}", loss=f"{mean:.3f}")
         return loss_sum / max(examples, 1)
+
+    @torch.no_grad()  # in every thread alike: compiled steps are guarded on the grad mode
+    def _chunk(
+        self, kernel: Kernel, seed: int, ids: np.ndarray, sent: np.ndarray, done: int, total: int
+    ) -> tuple[int, int, float, float, float]:
+        """Trains one chunk that starts `done` positions into the run; returns the positions
+        done after it, its positions, summed loss and examples, and the last learning rate."""
+        cfg = self.config
+        gen = torch.Generator(self.device).manual_seed(seed)
+        ids, sent = (torch.from_numpy(a).to(self.device) for a in (ids, sent))
+        ids_kept, sent_kept = subsample(ids, sent, self.keep, gen)
+        n = len(ids_kept)
+        chunk_loss = chunk_examples = torch.zeros((), device=self.device)
+        seen = 0
+        alpha = cfg.alpha
+        for group in windows(ids_kept, sent_kept, cfg.window, gen):
+            group_negs = self.negatives.draw((len(group), cfg.negative), gen)
+            for start in range(0, len(group), cfg.batch_size):
+                stop = start + cfg.batch_size
+                batch, negs = group.slice(start, stop), group_negs[start:stop]
+                progress = (done + len(ids) * seen / max(n, 1)) / total
+                alpha = cfg.alpha * max(cfg.min_alpha_ratio, 1.0 - progress)
+                loss, count = kernel.step(batch, negs, alpha)
+                chunk_loss, chunk_examples = chunk_loss + loss, chunk_examples + count
+                seen += len(batch)
+        # one sync per chunk
+        return done + len(ids), len(ids), chunk_loss.item(), chunk_examples.item(), alpha
 
     def _checkpoint(self, w_in, w_out, epochs_done: int, history: list[float]) -> None:
         meta = {

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 from components.text.w2v_compiled import FUSED, CompiledKernel
+from components.text.w2v_data import Windows
 from components.text.w2v_train import GRADIENTS, SgdKernel, row_scales
 from tests.components.text.test_w2v_graphs import batches, weights
 
@@ -55,6 +58,35 @@ def test_compiled_steps_equal_the_eager_steps(mode, one_thread):
     assert moved > 1e-3  # the steps did train
     torch.testing.assert_close(compiled.kernel.w_in, eager.w_in, rtol=0, atol=1e-5)
     torch.testing.assert_close(compiled.kernel.w_out, eager.w_out, rtol=0, atol=1e-5)
+
+
+def test_threads_share_one_compiled_kernel(one_thread):
+    """Hogwild's use of the kernel: `warm_up` compiles every width and changes nothing; then
+    two threads step the one kernel at once. Their batches touch disjoint rows, so the result
+    must equal running the two streams one after the other, exactly."""
+    w_in, w_out = weights(2 * VOCAB, DIM, "cpu")
+    streams = [
+        [(Windows(b.centers + offset, b.context + offset, b.mask), negs + offset)
+         for b, negs in batches(2500, VOCAB, 2, 128, seed=seed, device="cpu")]
+        for offset, seed in ((0, 6), (VOCAB, 7))
+    ]  # fmt: skip
+    shared = CompiledKernel(SgdKernel(w_in.clone(), w_out.clone(), "cbow", 1, 4), 128)
+    shared.warm_up([2, 4], negative=5)
+    assert shared.widths == {2, 4} and not shared.failed
+    assert torch.equal(shared.kernel.w_in, w_in) and torch.equal(shared.kernel.w_out, w_out)
+    one_by_one = CompiledKernel(SgdKernel(w_in.clone(), w_out.clone(), "cbow", 1, 4), 128)
+    for stream in streams:
+        for batch, negs in stream:
+            one_by_one.step(batch, negs, 0.05)
+
+    def run(stream):
+        return [shared.step(batch, negs, 0.05) for batch, negs in stream]
+
+    with ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        list(pool.map(run, streams))
+    assert (one_by_one.kernel.w_in - w_in).abs().max() > 1e-3  # the steps did train
+    assert torch.equal(shared.kernel.w_in, one_by_one.kernel.w_in)
+    assert torch.equal(shared.kernel.w_out, one_by_one.kernel.w_out)
 
 
 def test_a_failed_compile_falls_back_to_the_eager_step(capsys, one_thread):

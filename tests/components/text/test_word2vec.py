@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -41,11 +42,11 @@ def unit_rows(m: np.ndarray) -> np.ndarray:
 # ---- planted structure ----------------------------------------------------------------------
 
 
-def two_clusters(seed: int = 0) -> tuple[list[list[str]], list[str], list[str]]:
-    """400 sentences of 8 words, each sentence from one of two 8-word clusters only."""
+def two_clusters(seed: int = 0, n: int = 400) -> tuple[list[list[str]], list[str], list[str]]:
+    """`n` sentences of 8 words, each sentence from one of two 8-word clusters only."""
     rng = np.random.default_rng(seed)
     a, b = [f"a{i}" for i in range(8)], [f"b{i}" for i in range(8)]
-    sentences = [[str(w) for w in rng.choice((a, b)[s % 2], size=8)] for s in range(400)]
+    sentences = [[str(w) for w in rng.choice((a, b)[s % 2], size=8)] for s in range(n)]
     return sentences, a, b
 
 
@@ -55,6 +56,10 @@ def test_clusters_that_never_co_occur_separate(mode):
     model = Word2Vec.train(lambda: sentences, small_config(mode=mode))
     assert sorted(model.keys) == sorted(a + b)
     assert len(model.history) == 5 and model.history[-1] < model.history[0]
+    assert_clusters_separate(model, a, b)
+
+
+def assert_clusters_separate(model: Word2Vec, a: list[str], b: list[str]) -> None:
     va, vb = (unit_rows(np.stack([model.vector(w) for w in ws])) for ws in (a, b))
     off_diagonal = ~np.eye(len(a), dtype=bool)
     within = ((va @ va.T)[off_diagonal].mean() + (vb @ vb.T)[off_diagonal].mean()) / 2
@@ -288,12 +293,45 @@ def test_compiled_training_is_deterministic_and_equals_eager_up_to_rounding():
 
 
 @pytest.mark.parametrize(
-    ("mode", "compile", "compiles"),
-    [("cbow", "auto", True), ("skipgram", "auto", False), ("skipgram", "always", True),
-     ("cbow", "never", False)],
+    ("mode", "compile", "hogwild", "compiles"),
+    [("cbow", "auto", False, True), ("skipgram", "auto", False, False),
+     ("skipgram", "auto", True, True), ("skipgram", "always", False, True),
+     ("cbow", "never", True, False)],
 )  # fmt: skip
-def test_compile_auto_means_cbow_only(mode, compile, compiles):
-    assert Word2VecConfig(mode=mode, compile=compile).compiles() is compiles
+def test_compile_auto_means_cbow_or_hogwild(mode, compile, hogwild, compiles):
+    config = Word2VecConfig(mode=mode, compile=compile, hogwild=hogwild)
+    assert config.compiles() is compiles
+
+
+@pytest.mark.parametrize(("mode", "compile"), [("skipgram", "never"), ("cbow", "auto")])
+def test_hogwild_threads_train_every_chunk_at_once(mode, compile, script_chunks, monkeypatch):
+    """Several chunks per epoch, trained by two threads at once on the shared matrices:
+    the structure is learnt, metrics still arrive in corpus order, and training ends at one
+    thread's loss."""
+    threads, calls, meet = set(), itertools.count(), threading.Barrier(2, timeout=60)
+    chunk = word2vec._Trainer._chunk
+
+    def recording_chunk(self, *args):
+        threads.add(threading.current_thread().name)
+        if next(calls) < 2:  # the first two chunks run at once, or this times out
+            meet.wait()
+        return chunk(self, *args)
+
+    monkeypatch.setattr(word2vec._Trainer, "_chunk", recording_chunk)
+    sentences, a, b = two_clusters(seed=4, n=2400)  # 19,200 positions: 10 chunks of 2,048
+    config = small_config(mode=mode, batch_size=128, compile=compile, hogwild=True, workers=2)
+    steps: list[int] = []
+    model = Word2Vec.train(lambda: sentences, config, on_metrics=lambda step, m: steps.append(step))
+    assert len(threads) == 2 and threading.current_thread().name not in threads
+    assert_clusters_separate(model, a, b)
+    config.hogwild, one_steps = False, []
+    one = Word2Vec.train(
+        lambda: sentences, config, on_metrics=lambda step, m: one_steps.append(step)
+    )
+    assert len(one_steps) == 50 and steps == one_steps  # every chunk of 5 epochs, in order
+    # 16 words: the threads' updates collide all the time, which slows the first epochs only
+    assert model.history == sorted(model.history, reverse=True)
+    assert model.history[-1] == pytest.approx(one.history[-1], rel=0.02)
 
 
 def test_same_seed_same_vectors_other_seed_other_vectors():
