@@ -27,9 +27,11 @@ deterministic trainer (one stream of batches, each split over the cores), and `h
 (a thread per core training its own chunks on the shared matrices without locks, which is
 how gensim's workers run; results vary from run to run, as gensim's do with several workers).
 With several `--batch-size` values, Loom trains once per value against the one gensim run.
-With `--seeds N`, every model trains N times (seeds 1..N) and the verdict compares means: the
-evaluation sets are small on this corpus (~50 in-vocabulary WordSim353 pairs), so one run's
-rho moves by several hundredths with the seed alone; the spread is printed beside the means.
+With `--seeds N`, every model trains N times (seeds 1..N, interleaved: gensim's seed 1, then
+Loom's, then seed 2, so that a slow or fast spell of a shared machine falls on both alike),
+and the verdict compares means: the evaluation sets are small on this corpus (~50
+in-vocabulary WordSim353 pairs), so one run's rho moves by several hundredths with the seed
+alone; the spread is printed beside the means.
 """
 
 from __future__ import annotations
@@ -175,25 +177,29 @@ def main() -> None:
     print(header + f" {'oov %':>6} {'analogy %':>9} {'simlex rho':>10}")
     target = 20.0 if args.device == "cuda" else 1.0
     seeds = range(1, args.seeds + 1)
+    graphs = (True, False) if args.compare_eager and args.device == "cuda" else (True,)
+    hogwild = {"off": (False,), "on": (True,), "both": (False, True)}[args.hogwild]
+    if args.device == "cuda":
+        hogwild = (False,)
+    variants = {}
+    for batch_size, cuda_graphs, lock_free in itertools.product(args.batch_size, graphs, hogwild):
+        impl = f"loom b={batch_size}" if batch_size else "loom"
+        impl += ("" if cuda_graphs else " eager") + (" hogwild" if lock_free else "")
+        variants[impl] = (batch_size, cuda_graphs, lock_free)
     for mode in ("skipgram", "cbow") if args.mode == "both" else (args.mode,):
-        gensim = [run_gensim(sentences, mode, args.gensim_workers, seed) for seed in seeds]
-        for seed, (g_sec, g_q) in zip(seeds, gensim, strict=True):
-            print(row(mode, f"gensim s={seed}", n_words, g_sec, g_q), flush=True)
-        graphs = (True, False) if args.compare_eager and args.device == "cuda" else (True,)
-        hogwild = {"off": (False,), "on": (True,), "both": (False, True)}[args.hogwild]
-        if args.device == "cuda":
-            hogwild = (False,)
-        variants = itertools.product(args.batch_size, graphs, hogwild)
-        for batch_size, cuda_graphs, lock_free in variants:
-            impl = f"loom b={batch_size}" if batch_size else "loom"
-            impl += ("" if cuda_graphs else " eager") + (" hogwild" if lock_free else "")
-            loom = []
-            for seed in seeds:
-                loom.append(
+        gensim: list = []
+        loom: dict[str, list] = {impl: [] for impl in variants}
+        for seed in seeds:  # interleaved, so a slow or fast spell of the machine hits both
+            gensim.append(run_gensim(sentences, mode, args.gensim_workers, seed))
+            print(row(mode, f"gensim s={seed}", n_words, *gensim[-1]), flush=True)
+            for impl, (batch_size, cuda_graphs, lock_free) in variants.items():
+                runs = loom[impl]
+                runs.append(
                     run_loom(sentences, mode, args.device, batch_size, cuda_graphs, seed, lock_free)
                 )
-                print(row(mode, f"{impl} s={seed}", n_words, *loom[-1]), flush=True)
-            verdict(mode, impl, n_words, gensim, loom, target)
+                print(row(mode, f"{impl} s={seed}", n_words, *runs[-1]), flush=True)
+        for impl, runs in loom.items():
+            verdict(mode, impl, n_words, gensim, runs, target)
 
 
 def mean_run(runs: list[tuple[float, tuple]]) -> tuple[float, tuple]:

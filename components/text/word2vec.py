@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 FORMAT = 1
 CHUNK = 1 << 18  # positions per streamed chunk: bounds memory of the window arrays
 CHECKPOINT = "checkpoint.safetensors"
-TRAINER = 3  # bump when the same config would draw other samples: old checkpoints then restart
+TRAINER = 4  # bump when the same config would draw other samples: old checkpoints then restart
 
 
 class EmptyCorpusError(ValueError):
@@ -413,7 +413,10 @@ class _Trainer:
         probabilities = np.diff(vocab.negative_cdf(), prepend=0.0)
         self.negatives = AliasTable(probabilities, self.device)
         # Bigger batches need bigger chunks, or a chunk's radius groups make ragged batches.
-        self.chunk = max(CHUNK, 16 * config.batch_size)
+        most = max(CHUNK, 16 * config.batch_size)
+        # Chunks of equal size: no short last chunk leaves hogwild threads idle at an epoch's end
+        n = max(corpus.n_positions, 1)
+        self.chunk = -(-n // -(-n // most))
 
     @torch.no_grad()
     def run(self) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
