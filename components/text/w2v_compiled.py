@@ -141,7 +141,6 @@ class CompiledKernel:
         self.compiled = torch.compile(step, fullgraph=True, dynamic=False, options=_OPTIONS)
         self.failed = False
         self.widths: set[int] = set()  # context widths compiled for
-        self._limit = None  # the raised recompile limit, while threads share this kernel
 
     def step(
         self, batch: Windows, negs: torch.Tensor, alpha: float
@@ -171,15 +170,8 @@ class CompiledKernel:
 
     def warm_up(self, widths: Iterable[int], negative: int) -> None:
         """Compiles the step for every context width now (batches of empty windows, which
-        change nothing), so that threads sharing this kernel later only run it.
-
-        Dynamo's guard checks are not thread-safe (pytorch#123177): under concurrent calls a
-        check now and then fails for no reason and the step is compiled again (loaded from the
-        cache: ~0.5 s, once or twice a run). Until `close`, the recompile limit stays raised,
-        so that those few never exhaust it and send the step to plain Python."""
-        if self._limit is None:
-            self._limit = torch._dynamo.config.patch(recompile_limit=_MAX_KERNELS)
-            self._limit.__enter__()
+        change nothing), so that threads sharing this kernel later only run it (each thread
+        first calling `prepare_thread`)."""
         for width in widths:
             if self.failed:
                 return
@@ -189,8 +181,13 @@ class CompiledKernel:
             )  # fmt: skip
             self.step(empty, torch.zeros(0, negative, dtype=torch.long), 0.0)
 
+    def prepare_thread(self) -> None:
+        """Call once in each thread that will share this kernel. Dynamo's guard checks are not
+        thread-safe (pytorch#123177): under concurrent calls a check now and then fails for no
+        reason and the step is compiled again (loaded from the cache, ~0.5 s). Dynamo's config
+        is per thread, so each thread raises its own recompile limit, or a few of those would
+        exhaust the default and fail the step over to the eager one."""
+        torch._dynamo.config.recompile_limit = _MAX_KERNELS
+
     def close(self) -> None:
-        if self._limit is not None:
-            self._limit.__exit__(None, None, None)
-            self._limit = None
         self.kernel.close()

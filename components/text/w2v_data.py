@@ -10,6 +10,7 @@ number of each position). Epochs stream those files in sentence-aligned chunks t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -297,6 +298,20 @@ def windows(
         mask &= gather(sent, pos) == gather(sent, centers)[:, None]
         groups.append(Windows(gather(ids, centers), gather(ids, pos), mask))
     return groups
+
+
+def interleaved_batches(
+    groups: list[Windows], negatives: list[torch.Tensor], size: int
+) -> Iterator[tuple[Windows, torch.Tensor]]:
+    """Batches of at most `size` centers with their negatives, taking the radius groups in
+    turn (a batch of radius 1, one of radius 2, ..., then radius 1 again), so that a chunk's
+    narrow and wide windows are mixed through its steps instead of each chunk ending on a run
+    of the widest ones. negatives[i] [len(groups[i]), K]."""
+    starts = [range(0, len(group), size) for group in groups]
+    for row in itertools.zip_longest(*starts):
+        for group, negs, start in zip(groups, negatives, row, strict=True):
+            if start is not None:
+                yield group.slice(start, start + size), negs[start : start + size]
 
 
 class AliasTable:

@@ -43,6 +43,7 @@ from components.text.w2v_data import (
     EncodedCorpus,
     Sentences,
     Vocabulary,
+    interleaved_batches,
     subsample,
     windows,
 )
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 FORMAT = 1
 CHUNK = 1 << 18  # positions per streamed chunk: bounds memory of the window arrays
 CHECKPOINT = "checkpoint.safetensors"
-TRAINER = 4  # bump when the same config would draw other samples: old checkpoints then restart
+TRAINER = 5  # bump when the same config would draw other samples: old checkpoints then restart
 
 
 class EmptyCorpusError(ValueError):
@@ -381,8 +382,10 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable, jobs: Iterator[tuple], ahe
         yield pending.popleft().result()
 
 
-def _one_thread() -> None:
+def _prepare_thread(kernel: Kernel) -> None:
     torch.set_num_threads(1)  # per thread: a hogwild thread's ops must not start OpenMP teams
+    if hasattr(kernel, "prepare_thread"):
+        kernel.prepare_thread()
 
 
 def _chunk_seed(seed: int, epoch: int, chunk: int) -> int:
@@ -439,7 +442,9 @@ class _Trainer:
 
             kernel = CompiledKernel(kernel, cfg.batch_size)
         threads = torch.get_num_threads()
-        pool = ThreadPoolExecutor(hogwild, initializer=_one_thread) if hogwild > 1 else None
+        pool = None
+        if hogwild > 1:
+            pool = ThreadPoolExecutor(hogwild, initializer=_prepare_thread, initargs=(kernel,))
         total = cfg.epochs * self.corpus.n_positions
         bar = tqdm(
             total=total, initial=start * self.corpus.n_positions, unit="word", unit_scale=True,
@@ -506,16 +511,14 @@ class _Trainer:
         chunk_loss = chunk_examples = torch.zeros((), device=self.device)
         seen = 0
         alpha = cfg.alpha
-        for group in windows(ids_kept, sent_kept, cfg.window, gen):
-            group_negs = self.negatives.draw((len(group), cfg.negative), gen)
-            for start in range(0, len(group), cfg.batch_size):
-                stop = start + cfg.batch_size
-                batch, negs = group.slice(start, stop), group_negs[start:stop]
-                progress = (done + len(ids) * seen / max(n, 1)) / total
-                alpha = cfg.alpha * max(cfg.min_alpha_ratio, 1.0 - progress)
-                loss, count = kernel.step(batch, negs, alpha)
-                chunk_loss, chunk_examples = chunk_loss + loss, chunk_examples + count
-                seen += len(batch)
+        groups = windows(ids_kept, sent_kept, cfg.window, gen)
+        negatives = [self.negatives.draw((len(g), cfg.negative), gen) for g in groups]
+        for batch, negs in interleaved_batches(groups, negatives, cfg.batch_size):
+            progress = (done + len(ids) * seen / max(n, 1)) / total
+            alpha = cfg.alpha * max(cfg.min_alpha_ratio, 1.0 - progress)
+            loss, count = kernel.step(batch, negs, alpha)
+            chunk_loss, chunk_examples = chunk_loss + loss, chunk_examples + count
+            seen += len(batch)
         # one sync per chunk
         return done + len(ids), len(ids), chunk_loss.item(), chunk_examples.item(), alpha
 

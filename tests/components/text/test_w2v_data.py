@@ -14,6 +14,7 @@ from components.text.w2v_data import (
     EncodedCorpus,
     Vocabulary,
     _WriteBuffer,
+    interleaved_batches,
     subsample,
     windows,
 )
@@ -185,6 +186,22 @@ def test_windows_of_single_unit_sentences_are_empty():
     found = rows(windows(torch.tensor([4, 5, 6]), torch.tensor([0, 1, 2]), 3, gen(0)))
     assert sorted(center for center, *_ in found) == [4, 5, 6]
     assert not any(mask.any() for *_, mask in found)
+
+
+def test_interleaved_batches_take_the_radius_groups_in_turn():
+    ids = torch.arange(200) % 50
+    groups = windows(ids, torch.arange(200) // 20, 3, gen(1))
+    negatives = [torch.full((len(g), 2), r) for r, g in enumerate(groups, start=1)]
+    sizes = [len(g) for g in groups]
+    assert min(sizes) > 32 and max(sizes) <= 96  # 2 or 3 batches per group below
+    got = list(interleaved_batches(groups, negatives, 32))
+    radii = [batch.context.shape[1] // 2 for batch, _ in got]
+    assert radii[:6] == [1, 2, 3, 1, 2, 3]  # in turn, not group after group
+    for batch, negs in got:  # each batch keeps its own negatives
+        assert len(negs) == len(batch) <= 32 and (negs == batch.context.shape[1] // 2).all()
+    for r, group in enumerate(groups, start=1):  # every center exactly once, in order
+        centers = torch.cat([b.centers for b, _ in got if b.context.shape[1] == 2 * r])
+        assert torch.equal(centers, group.centers)
 
 
 def test_encoded_corpus_drops_unknown_units_and_chunks_on_sentences(tmp_path):
