@@ -19,7 +19,8 @@ apart for resuming.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -170,8 +171,8 @@ class CompiledKernel:
 
     def warm_up(self, widths: Iterable[int], negative: int) -> None:
         """Compiles the step for every context width now (batches of empty windows, which
-        change nothing), so that threads sharing this kernel later only run it (each thread
-        first calling `prepare_thread`)."""
+        change nothing), so that threads sharing this kernel later only run it (see
+        `shared`)."""
         for width in widths:
             if self.failed:
                 return
@@ -181,13 +182,15 @@ class CompiledKernel:
             )  # fmt: skip
             self.step(empty, torch.zeros(0, negative, dtype=torch.long), 0.0)
 
-    def prepare_thread(self) -> None:
-        """Call once in each thread that will share this kernel. Dynamo's guard checks are not
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """While threads share this kernel (after `warm_up`). Dynamo's guard checks are not
         thread-safe (pytorch#123177): under concurrent calls a check now and then fails for no
-        reason and the step is compiled again (loaded from the cache, ~0.5 s). Dynamo's config
-        is per thread, so each thread raises its own recompile limit, or a few of those would
-        exhaust the default and fail the step over to the eager one."""
-        torch._dynamo.config.recompile_limit = _MAX_KERNELS
+        reason, and Dynamo would compile the step again, stalling every thread for ~1 s (and
+        after a few, hit its recompile limit). Every width is compiled already, so a miss can
+        only be such a one: that step runs eagerly instead, the same arithmetic."""
+        with torch.compiler.set_stance("eager_on_recompile"):
+            yield
 
     def close(self) -> None:
         self.kernel.close()

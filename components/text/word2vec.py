@@ -26,7 +26,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -382,10 +382,8 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable, jobs: Iterator[tuple], ahe
         yield pending.popleft().result()
 
 
-def _prepare_thread(kernel: Kernel) -> None:
+def _one_thread() -> None:
     torch.set_num_threads(1)  # per thread: a hogwild thread's ops must not start OpenMP teams
-    if hasattr(kernel, "prepare_thread"):
-        kernel.prepare_thread()
 
 
 def _chunk_seed(seed: int, epoch: int, chunk: int) -> int:
@@ -442,9 +440,7 @@ class _Trainer:
 
             kernel = CompiledKernel(kernel, cfg.batch_size)
         threads = torch.get_num_threads()
-        pool = None
-        if hogwild > 1:
-            pool = ThreadPoolExecutor(hogwild, initializer=_prepare_thread, initargs=(kernel,))
+        pool = ThreadPoolExecutor(hogwild, initializer=_one_thread) if hogwild > 1 else None
         total = cfg.epochs * self.corpus.n_positions
         bar = tqdm(
             total=total, initial=start * self.corpus.n_positions, unit="word", unit_scale=True,
@@ -452,11 +448,14 @@ class _Trainer:
         )  # fmt: skip
         try:
             torch.set_num_threads(1)  # before compiling: kernels are made for this many
+            shared = nullcontext()
             if hogwild > 1 and hasattr(kernel, "warm_up"):  # worker threads only run kernels
                 kernel.warm_up(range(2, 2 * cfg.window + 1, 2), cfg.negative)
-            for epoch in range(start, cfg.epochs):
-                history.append(self._epoch(kernel, epoch, total, bar, pool))
-                self._checkpoint(w_in, w_out, epoch + 1, history)
+                shared = kernel.shared()
+            with shared:
+                for epoch in range(start, cfg.epochs):
+                    history.append(self._epoch(kernel, epoch, total, bar, pool))
+                    self._checkpoint(w_in, w_out, epoch + 1, history)
         finally:
             torch.set_num_threads(threads)
             if pool is not None:
