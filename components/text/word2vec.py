@@ -409,6 +409,9 @@ class _Trainer:
         self.digest = f"{digest}-{config.training_digest()}-t{TRAINER}"
         self.on_metrics = on_metrics or (lambda step, metrics: None)
         self.device = pick_device(config.device)
+        self.workers = config.workers or os.cpu_count() or 1
+        # threads that each train whole chunks (1: one stream of batches)
+        self.hogwild = self.workers if config.hogwild and self.device.type == "cpu" else 1
         keep = vocab.keep_probabilities(config.sample)
         self.keep = torch.from_numpy(keep).float().to(self.device)
         probabilities = np.diff(vocab.negative_cdf(), prepend=0.0)
@@ -429,10 +432,9 @@ class _Trainer:
                 f"{self.work / CHECKPOINT}",
                 file=sys.stderr,
             )
-        workers = cfg.workers or os.cpu_count() or 1
-        self.hogwild = hogwild = workers if cfg.hogwild and self.device.type == "cpu" else 1
+        hogwild = self.hogwild
         # Hogwild threads each run whole steps: no batch is split between them.
-        kernel = SgdKernel(w_in, w_out, cfg.mode, workers // hogwild, cfg.update_cap)
+        kernel = SgdKernel(w_in, w_out, cfg.mode, self.workers // hogwild, cfg.update_cap)
         if self.device.type == "cuda" and cfg.cuda_graphs:
             kernel = GraphedKernel(kernel, cfg.batch_size, cfg.negative)
         elif self.device.type == "cpu" and cfg.compiles():
