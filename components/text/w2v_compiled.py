@@ -171,8 +171,7 @@ class CompiledKernel:
 
     def warm_up(self, widths: Iterable[int], negative: int) -> None:
         """Compiles the step for every context width now (batches of empty windows, which
-        change nothing), so that threads sharing this kernel later only run it (see
-        `shared`)."""
+        change nothing)."""
         for width in widths:
             if self.failed:
                 return
@@ -183,12 +182,14 @@ class CompiledKernel:
             self.step(empty, torch.zeros(0, negative, dtype=torch.long), 0.0)
 
     @contextmanager
-    def shared(self) -> Iterator[None]:
-        """While threads share this kernel (after `warm_up`). Dynamo's guard checks are not
-        thread-safe (pytorch#123177): under concurrent calls a check now and then fails for no
-        reason, and Dynamo would compile the step again, stalling every thread for ~1 s (and
-        after a few, hit its recompile limit). Every width is compiled already, so a miss can
-        only be such a one: that step runs eagerly instead, the same arithmetic."""
+    def shared(self, widths: Iterable[int], negative: int) -> Iterator[None]:
+        """While threads share this kernel: compiles every context width on entry (`warm_up`),
+        then keeps Dynamo from compiling again. Its guard checks are not thread-safe
+        (pytorch#123177): under concurrent calls a check now and then fails for no reason, and
+        Dynamo would compile the step again, stalling every thread for ~1 s (and after a few,
+        hit its recompile limit). Every width is compiled already, so a miss can only be such
+        a one: that step runs eagerly instead, the same arithmetic."""
+        self.warm_up(widths, negative)
         with torch.compiler.set_stance("eager_on_recompile"):
             yield
 

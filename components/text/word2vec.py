@@ -435,12 +435,15 @@ class _Trainer:
         hogwild = self.hogwild
         # Hogwild threads each run whole steps: no batch is split between them.
         kernel = SgdKernel(w_in, w_out, cfg.mode, self.workers // hogwild, cfg.update_cap)
+        shared = nullcontext()  # what hogwild threads need of the kernel while they run
         if self.device.type == "cuda" and cfg.cuda_graphs:
             kernel = GraphedKernel(kernel, cfg.batch_size, cfg.negative)
         elif self.device.type == "cpu" and cfg.compiles():
             from components.text.w2v_compiled import CompiledKernel  # imports torch._dynamo: ~1 s
 
             kernel = CompiledKernel(kernel, cfg.batch_size)
+            if hogwild > 1:  # worker threads should only run kernels: compile every width first
+                shared = kernel.shared(range(2, 2 * cfg.window + 1, 2), cfg.negative)
         threads = torch.get_num_threads()
         pool = ThreadPoolExecutor(hogwild, initializer=_one_thread) if hogwild > 1 else None
         total = cfg.epochs * self.corpus.n_positions
@@ -450,10 +453,6 @@ class _Trainer:
         )  # fmt: skip
         try:
             torch.set_num_threads(1)  # before compiling: kernels are made for this many
-            shared = nullcontext()
-            if hogwild > 1 and hasattr(kernel, "warm_up"):  # worker threads only run kernels
-                kernel.warm_up(range(2, 2 * cfg.window + 1, 2), cfg.negative)
-                shared = kernel.shared()
             with shared:
                 for epoch in range(start, cfg.epochs):
                     history.append(self._epoch(kernel, epoch, total, bar, pool))

@@ -83,7 +83,7 @@ def test_threads_share_one_compiled_kernel(one_thread):
         return [shared.step(batch, negs, 0.05) for batch, negs in stream]
 
     with (
-        shared.shared(),
+        shared.shared([2, 4], negative=5),
         ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,)) as pool,
     ):
         list(pool.map(run, streams))
@@ -104,7 +104,7 @@ def test_a_shared_kernel_runs_a_cache_miss_eagerly(one_thread):
     batch, negs = next(
         b for b in batches(2000, VOCAB, 3, 128, 8, "cpu") if b[0].context.shape[1] == 6
     )
-    with kernel.shared():
+    with kernel.shared([2], negative=5):
         got, want = kernel.step(batch, negs, 0.05), eager.step(batch, negs, 0.05)
     assert len(torch._C._dynamo.eval_frame._debug_get_cache_entry_list(code)) == entries
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)

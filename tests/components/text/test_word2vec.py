@@ -318,7 +318,7 @@ def test_hogwild_threads_train_every_chunk_at_once(mode, compile, script_chunks,
         return chunk(self, *args)
 
     monkeypatch.setattr(word2vec._Trainer, "_chunk", recording_chunk)
-    sentences, a, b = two_clusters(seed=4, n=2400)  # 19,200 positions: 10 chunks of 2,048
+    sentences, a, b = two_clusters(seed=4, n=2400)  # 19,200 positions: 10 chunks of 1,920
     config = small_config(mode=mode, batch_size=128, compile=compile, hogwild=True, workers=2)
     steps: list[int] = []
     model = Word2Vec.train(lambda: sentences, config, on_metrics=lambda step, m: steps.append(step))
