@@ -8,7 +8,7 @@ linear: Katharopoulos et al. 2020 ("Transformers are RNNs"), feature map φ(x) =
     out_i = Σ_j (φ(q_i)·φ(k_j)) v_j / Σ_j φ(q_i)·φ(k_j)     (j <= i when causal)
 
 computed without the N×S weights: non-causal as φ(Q)(φ(K)ᵀV) / φ(Q)Σφ(K), causal by chunks
-(see `linear_attention`). O(N) time and memory in the sequence length.
+(`components.nn.causal_linear`). O(N) time and memory in the sequence length.
 
 Masks: `key_padding_mask` is bool [B, S], True = padded (that key is ignored), as in
 `torch.nn.MultiheadAttention`. `causal` lets query i see keys j <= i (self-attention only).
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import require
+from components.nn.causal_linear import causal_linear_attention
 
 AttentionKind = Literal["softmax", "linear"]
 
@@ -111,7 +112,7 @@ def softmax_attention(
 
 def elu_feature_map(x: Tensor) -> Tensor:
     """φ(x) = elu(x) + 1 > 0, so every weight φ(q)·φ(k) is positive."""
-    return F.elu(x) + 1.0
+    return F.elu(x).add_(1.0)  # in place: elu's backward reads its input, not its output
 
 
 def linear_attention(
@@ -132,37 +133,12 @@ def linear_attention(
     phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
     if key_padding_mask is not None:
         phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+    if causal:
+        return causal_linear_attention(phi_q, phi_k, v, chunk_size, eps)
     # A column of ones after V: the same products then give the normaliser Σ_j φ(q_i)·φ(k_j)
     # as a last output column, with no separate pass for it.
     v_one = F.pad(v, (0, 1), value=1.0)  # [B, H, S, Dv + 1]
-    if causal:
-        sums = _causal_linear_sums(phi_q, phi_k, v_one, chunk_size)
-    else:
-        sums = phi_q @ (phi_k.transpose(-2, -1) @ v_one)  # [B, H, N, Dv + 1]
+    sums = phi_q @ (phi_k.transpose(-2, -1) @ v_one)  # [B, H, N, Dv + 1]
     # split, not slicing: its backward concatenates instead of zero-filling per slice.
     num, den = sums.split([v.shape[-1], 1], dim=-1)
     return num / den.clamp_min(eps)
-
-
-def _causal_linear_sums(phi_q: Tensor, phi_k: Tensor, v: Tensor, chunk: int) -> Tensor:
-    """Σ_{j <= i} (φ(q_i)·φ(k_j)) v_j: phi_q, phi_k [B, H, N, D], v [B, H, N, E] -> [B, H, N, E].
-
-    With M = ⌈N / C⌉ chunks of C queries: inside a chunk the C×C weights are explicit and
-    masked; keys of earlier chunks come through a D×E state per chunk, the exclusive cumulative
-    sum of the chunks' φ(K)ᵀV. Memory O(N·C + M·D·E), never N·D·E.
-    """
-    n = phi_q.shape[-2]
-    if phi_k.shape[-2] != n:
-        raise ValueError("causal attention needs as many keys as queries")
-    pad = -n % chunk  # zero rows: padded keys add nothing, padded queries are dropped below
-    if pad:
-        phi_q, phi_k, v = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v))
-    qc, kc, vc = (t.unflatten(-2, (-1, chunk)) for t in (phi_q, phi_k, v))
-    # qc, kc [B, H, M, C, D]; vc [B, H, M, C, E]
-
-    sums = (qc @ kc.transpose(-2, -1)).tril_() @ vc  # C×C weights, key j <= query i
-    chunk_kv = kc.transpose(-2, -1) @ vc  # [B, H, M, D, E]
-    # Chunk m sees the state of chunks 0..m-1: shift by one chunk, then cumulative sum.
-    past_kv = F.pad(chunk_kv[:, :, :-1], (0, 0, 0, 0, 1, 0)).cumsum(dim=2)
-    sums = sums.add_(qc @ past_kv).flatten(2, 3)
-    return sums[:, :, :n] if pad else sums
