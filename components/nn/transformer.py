@@ -12,16 +12,25 @@ the block's inputs and recomputes its activations in backward. The RNG state is 
 the recomputation, so dropout masks and gradients equal those of the unchecked model. The last
 block is left out: backward starts with it, so its recomputed activations would be alive at
 the same moment as the stored ones are; checkpointing it costs a forward and lowers no peak.
+With softmax attention the checkpoint is selective: the fused SDPA kernel's outputs are kept
+(one [B, H, N, D] tensor and a log-sum-exp per attention), so backward recomputes the cheap
+O(N) part of a block and not its O(N²) attention. (SDPA with dropout runs as its decomposed
+math form, which is recomputed like the rest.)
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 from components.config import require
 from components.nn.attention import AttentionConfig, AttentionKind, MultiHeadAttention
@@ -62,6 +71,21 @@ class TransformerConfig:
             dropout=self.dropout,
             chunk_size=self.chunk_size,
         )
+
+
+_aten = torch.ops.aten
+# SDPA's fused kernels (the CPU one, and CUDA's flash, memory-efficient and cuDNN ones)
+_SDPA_KERNELS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+}
+
+
+def _keep_sdpa(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective checkpointing policy: save SDPA's outputs, recompute everything else."""
+    return CheckpointPolicy.MUST_SAVE if op in _SDPA_KERNELS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 class Mlp(nn.Sequential):
@@ -134,10 +158,15 @@ class _Stack(nn.Module):
         use_checkpoint = (
             self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         )
+        options: dict = {"use_reentrant": False}
+        if self.config.attention == "softmax":  # linear attention has no costly kernel to keep
+            options["context_fn"] = functools.partial(
+                create_selective_checkpoint_contexts, _keep_sdpa
+            )
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if use_checkpoint and i < last:
-                x = checkpoint(block, x, *block_args, use_reentrant=False)
+                x = checkpoint(block, x, *block_args, **options)
             else:
                 x = block(x, *block_args)
         return self.norm(x)

@@ -2,10 +2,12 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from components.config import ConfigError, build
 from components.nn.positional import PositionEmbedding, sinusoidal_table
 from components.nn.transformer import (
+    _SDPA_KERNELS,
     DecoderBlock,
     EncoderBlock,
     TransformerConfig,
@@ -78,6 +80,41 @@ def test_checkpointing_gives_the_same_loss_and_gradients(kind, attention):
     for name, grad in grads.items():
         torch.testing.assert_close(checked_grads[name], grad, rtol=1e-6, atol=1e-7, msg=name)
     assert sum(g.abs().sum() for g in grads.values()) > 0
+
+
+class CountSdpaKernels(TorchDispatchMode):
+    """Counts calls of SDPA's fused kernels while active (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func in _SDPA_KERNELS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_softmax_checkpointing_keeps_the_attention_kernels_outputs(kind):
+    plain = build_stack(kind)  # no dropout: SDPA runs its fused kernel
+    checked = build_stack(kind, gradient_checkpointing=True)
+    checked.load_state_dict(plain.state_dict())
+    plain.train(), checked.train()
+    calls = count_block_calls(checked)
+    loss, grads = loss_and_grads(plain, inputs(kind))
+    with CountSdpaKernels() as kernels:
+        checked_loss = checked(*inputs(kind)).square().mean()
+        in_forward = kernels.calls
+        checked_loss.backward()
+
+    attentions = 3 * (2 if kind == "decoder" else 1)  # depth 3; self- and cross-attention
+    assert in_forward == attentions
+    assert calls == [2, 2, 1]  # the blocks are recomputed in backward ...
+    assert kernels.calls == attentions  # ... but not their attention
+    torch.testing.assert_close(checked_loss.detach(), loss, rtol=0, atol=0)
+    for name, grad in grads.items():
+        got = dict(checked.named_parameters())[name].grad
+        torch.testing.assert_close(got, grad, rtol=1e-6, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
