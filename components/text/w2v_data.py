@@ -74,28 +74,48 @@ def _rank(item: tuple[Key, int]) -> tuple:
     return (-count, str(type(key)), key)
 
 
+class _NewIds(dict):
+    """unit -> provisional id; a unit not seen before gets the next id on lookup, so a whole
+    group of sentences encodes in one `map` over a bound `__getitem__` (no Python per unit)."""
+
+    def __missing__(self, unit: Key) -> int:
+        self[unit] = new = len(self)
+        return new
+
+
 class _Provisional:
     """Provisional int ids for units during the single pass: token id arrays keep their ids;
     any other unit (a word, or an int in a list) gets the next id when first seen."""
 
     def __init__(self) -> None:
-        self.index: dict = {}  # unit -> provisional id (keyed units)
+        self.index = _NewIds()  # unit -> provisional id (keyed units)
         self.arrays = False  # the corpus yields integer arrays: ids are the tokens' own
+        self.decided = False  # whether the first unit told which
         self.max_id = -1
 
-    def encode(self, sentence: Sequence) -> np.ndarray:
-        if isinstance(sentence, np.ndarray) and sentence.dtype.kind in "iu" and not self.index:
-            self.arrays = True
+    def encode(self, sentences: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        """The provisional ids of the sentences' units, concatenated (int32; negative token
+        ids dropped), and how many each sentence kept (int64 [len(sentences)])."""
+        if not self.decided:
+            first = next((s for s in sentences if len(s)), None)
+            if first is not None:
+                self.decided = True
+                self.arrays = isinstance(first, np.ndarray) and first.dtype.kind in "iu"
         if self.arrays:
-            ids = np.asarray(sentence, dtype=np.int64)
-            ids = ids[ids >= 0]
-            if len(ids):
-                self.max_id = max(self.max_id, int(ids.max()))
-            return ids.astype(np.int32)
-        if isinstance(sentence, np.ndarray):
-            sentence = sentence.tolist()
-        index, add = self.index, self.index.setdefault
-        return np.array([add(unit, len(index)) for unit in sentence], dtype=np.int32)
+            parts = [np.asarray(s, dtype=np.int64) for s in sentences]
+            flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            kept = flat >= 0
+            owner = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+            flat = flat[kept]
+            if len(flat):
+                self.max_id = max(self.max_id, int(flat.max()))
+            return flat.astype(np.int32), np.bincount(owner[kept], minlength=len(parts))
+        lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
+        units = itertools.chain.from_iterable(
+            s.tolist() if isinstance(s, np.ndarray) else s for s in sentences
+        )
+        coded = np.fromiter(map(self.index.__getitem__, units), np.int32, int(lengths.sum()))
+        return coded, lengths
 
     def keys(self) -> list:
         """The unit of each provisional id, by id."""
@@ -103,39 +123,40 @@ class _Provisional:
 
 
 class _WriteBuffer:
-    """Batches the single pass's writes (per-sentence writes cost more than the encoding) and
-    counts each provisional id as it goes: counts [max id seen + 1]."""
+    """The single pass's writer: collects sentences, encodes them a group at a time (one pass
+    over many sentences costs far less than one per sentence), counts each provisional id
+    (counts [max id seen + 1]) and writes the ids with their sentence numbers."""
 
-    SIZE = 1 << 20  # positions
+    SIZE = 1 << 20  # units per group
 
-    def __init__(self, ids: BinaryIO, sent: BinaryIO):
-        self.ids, self.sent = ids, sent
-        self.parts: list[np.ndarray] = []
-        self.numbers: list[int] = []
-        self.lengths: list[int] = []
+    def __init__(self, units: _Provisional, ids: BinaryIO, sent: BinaryIO):
+        self.units, self.ids, self.sent = units, ids, sent
+        self.pending: list[Sequence] = []
         self.size = 0
+        self.n_sentences = self.n_raw = 0  # read so far, whether kept or not
         self.counts = np.zeros(0, dtype=np.int64)
 
-    def add(self, coded: np.ndarray, number: int) -> None:
-        if len(coded):
-            self.parts.append(coded)
-            self.numbers.append(number)
-            self.lengths.append(len(coded))
-            self.size += len(coded)
-            if self.size >= self.SIZE:
-                self.flush()
+    def add(self, sentence: Sequence) -> None:
+        self.pending.append(sentence)
+        self.size += len(sentence)
+        if self.size >= self.SIZE:
+            self.flush()
 
     def flush(self) -> None:
-        if self.parts:
-            coded = np.concatenate(self.parts)
-            found = np.bincount(coded)
-            if len(found) > len(self.counts):
-                self.counts = np.pad(self.counts, (0, len(found) - len(self.counts)))
-            self.counts[: len(found)] += found
-            self.ids.write(coded.tobytes())
-            numbers = np.repeat(np.asarray(self.numbers, dtype=np.int32), self.lengths)
-            self.sent.write(numbers.tobytes())
-        self.parts, self.numbers, self.lengths, self.size = [], [], [], 0
+        if not self.pending:
+            return
+        coded, kept = self.units.encode(self.pending)
+        first = self.n_sentences
+        numbers = np.repeat(np.arange(first, first + len(kept), dtype=np.int32), kept)
+        self.n_sentences += len(self.pending)
+        self.n_raw += self.size
+        found = np.bincount(coded)
+        if len(found) > len(self.counts):
+            self.counts = np.pad(self.counts, (0, len(found) - len(self.counts)))
+        self.counts[: len(found)] += found
+        self.ids.write(coded.tobytes())
+        self.sent.write(numbers.tobytes())
+        self.pending, self.size = [], 0
 
 
 class EncodedCorpus:
@@ -172,14 +193,12 @@ class EncodedCorpus:
         directory.mkdir(parents=True, exist_ok=True)
         raw_ids, raw_sent = directory / "raw-ids.i32", directory / "raw-sent.i32"
         units = _Provisional()
-        n_sentences = n_raw = 0
         with open(raw_ids, "wb") as ids, open(raw_sent, "wb") as sent:
-            buffer = _WriteBuffer(ids, sent)
-            for number, sentence in enumerate(sentences):
-                coded = units.encode(sentence)
-                n_sentences, n_raw = n_sentences + 1, n_raw + len(sentence)
-                buffer.add(coded, number)
+            buffer = _WriteBuffer(units, ids, sent)
+            for sentence in sentences:
+                buffer.add(sentence)
             buffer.flush()
+        n_sentences, n_raw = buffer.n_sentences, buffer.n_raw
         keys = units.keys()
         counts = np.pad(buffer.counts, (0, len(keys) - len(buffer.counts)))
         seen = np.flatnonzero(counts >= min_count)

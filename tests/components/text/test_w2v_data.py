@@ -235,9 +235,17 @@ def test_encoded_corpus_remaps_across_chunks(tmp_path, monkeypatch):
     assert list(zip(ids.tolist(), sent.tolist(), strict=True)) == want
 
 
-def test_encoded_corpus_of_token_ids(tmp_path):
-    sentences = [np.array([7, 9, 300, 12345, -1], dtype=np.int32), np.array([300, 300, 300])]
+@pytest.mark.parametrize("group", [1 << 20, 2])  # sentences encoded together, or a few at once
+def test_encoded_corpus_of_token_ids(tmp_path, monkeypatch, group):
+    monkeypatch.setattr(_WriteBuffer, "SIZE", group)
+    sentences = [
+        np.zeros(0, dtype=np.int32),
+        np.array([7, 9, 300, 12345, -1], dtype=np.int32),
+        np.array([-1, -1]),
+        np.array([300, 300, 300]),
+    ]
     vocab, corpus = EncodedCorpus.build(sentences, 2, None, tmp_path / "enc")
     assert vocab.keys == [300] and isinstance(vocab.keys[0], int)
+    assert (corpus.n_sentences, corpus.n_raw, corpus.n_distinct) == (4, 10, 4)
     ids, sent = next(corpus.chunks(100))
-    assert ids.tolist() == [0, 0, 0, 0] and sent.tolist() == [0, 1, 1, 1]
+    assert ids.tolist() == [0, 0, 0, 0] and sent.tolist() == [1, 3, 3, 3]
