@@ -505,6 +505,12 @@ class _Trainer:
         done after it, its positions, summed loss and examples, and the last learning rate."""
         cfg = self.config
         gen = torch.Generator(self.device).manual_seed(seed)
+        if len(ids) and not 0 <= ids.min() <= ids.max() < len(self.vocab):
+            # the compiled step indexes the matrices unchecked: never hand it a stray row
+            raise ValueError(
+                f"{self.corpus.directory}: ids {ids.min()}..{ids.max()} outside the "
+                f"vocabulary of {len(self.vocab)}"
+            )
         ids, sent = (torch.from_numpy(a).to(self.device) for a in (ids, sent))
         ids_kept, sent_kept = subsample(ids, sent, self.keep, gen)
         n = len(ids_kept)

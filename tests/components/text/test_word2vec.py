@@ -359,6 +359,24 @@ def test_vocabulary_empty_after_min_count():
     assert "2 times" in str(err.value)  # the most frequent unit, "a", occurs twice
 
 
+def test_ids_outside_the_vocabulary_stop_training_before_a_step(monkeypatch):
+    """The compiled step indexes the matrices unchecked: a corrupt id must never reach it."""
+    chunks = word2vec.EncodedCorpus.chunks
+
+    def corrupt(self, size):
+        for ids, sent in chunks(self, size):
+            ids[-1] = 10_000
+            yield ids, sent
+
+    monkeypatch.setattr(word2vec.EncodedCorpus, "chunks", corrupt)
+    steps = []
+    monkeypatch.setattr(word2vec.SgdKernel, "step", lambda *args: steps.append(args))
+    sentences, _, _ = two_clusters()
+    with pytest.raises(ValueError, match=r"ids 0\.\.10000 outside the vocabulary of 16"):
+        Word2Vec.train(lambda: sentences, small_config())
+    assert steps == []
+
+
 @pytest.mark.parametrize(
     "key, value",
     [("window", 0), ("dim", 0), ("negative", 0), ("min_count", 0), ("epochs", 0),
