@@ -28,8 +28,10 @@ step tests python3 -m pytest -m gpu -q -p no:cacheprovider \
   tests/components/nn/test_attention.py tests/components/text/test_word2vec.py \
   tests/components/text/test_w2v_graphs.py \
   tests/components/train/test_gpu.py
+# batch 16384 and --compare-eager were measured on 2026-11-27 (docs/measurements/h100-2026-11-27);
+# since then: interleaved batches, and update_cap 64 at batch 8192 (CPU: analogy +0.6 points)
 step word2vec python3 benchmarks/word2vec.py --device cuda --gensim-workers 2 \
-  --batch-size 4096 8192 16384 --compare-eager
+  --batch-size 4096 8192 --update-cap 32 64 --seeds 2
 step attention python3 benchmarks/attention.py --device cuda
 step checkpointing python3 benchmarks/checkpointing.py --device cuda
 step checkpointing_large python3 benchmarks/checkpointing.py --device cuda \

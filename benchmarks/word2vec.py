@@ -3,6 +3,7 @@
     python benchmarks/word2vec.py [--words 2000000] [--mode skipgram|cbow|both]
                                   [--device cpu|cuda] [--batch-size N [N ...]]
                                   [--gensim-workers N] [--seeds N] [--hogwild off|on|both]
+                                  [--update-cap N [N ...]]
 
 Corpus: real English prose that ships offline with Python itself and with the installed
 packages: the stdlib's help topics, docstrings and comments, then the docstrings of
@@ -26,7 +27,9 @@ On CPU Loom runs twice per model unless `--hogwild` says otherwise: its default,
 deterministic trainer (one stream of batches, each split over the cores), and `hogwild: true`
 (a thread per core training its own chunks on the shared matrices without locks, which is
 how gensim's workers run; results vary from run to run, as gensim's do with several workers).
-With several `--batch-size` values, Loom trains once per value against the one gensim run.
+With several `--batch-size` (or `--update-cap`) values, Loom trains once per value (per pair)
+against the one gensim run. A Loom run that diverges (`DivergedError`: too large an update
+cap for the batch) is reported as such and left out of the means.
 With `--seeds N`, every model trains N times (seeds 1..N, interleaved: gensim's seed 1, then
 Loom's, then seed 2, so that a slow or fast spell of a shared machine falls on both alike),
 and the verdict compares means: the evaluation sets are small on this corpus (~50
@@ -51,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from components.text.stdlib_text import iter_stdlib_documents  # noqa: E402
 from components.text.w2v_data import EncodedCorpus  # noqa: E402
-from components.text.word2vec import Word2Vec, Word2VecConfig  # noqa: E402
+from components.text.word2vec import DivergedError, Word2Vec, Word2VecConfig  # noqa: E402
 from components.text.word2vec_stage import words  # noqa: E402
 
 SETTINGS = dict(dim=100, window=5, negative=5, sample=1e-3, min_count=5, epochs=5)
@@ -128,6 +131,7 @@ def run_loom(
     cuda_graphs: bool = True,
     seed: int = 1,
     hogwild: bool = False,
+    update_cap: int | None = None,
 ) -> tuple[float, tuple]:
     config = Word2VecConfig(
         mode=mode,
@@ -141,6 +145,8 @@ def run_loom(
     )
     if batch_size:
         config.batch_size = batch_size
+    if update_cap:
+        config.update_cap = update_cap
     started = time.perf_counter()
     model = Word2Vec.train(lambda: sentences, config)
     seconds = time.perf_counter() - started
@@ -153,6 +159,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["skipgram", "cbow", "both"], default="both")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[None])
+    parser.add_argument(
+        "--update-cap", type=int, nargs="+", default=[None], help="Loom's update_cap values"
+    )
     parser.add_argument("--gensim-workers", type=int, default=os.cpu_count())
     parser.add_argument(
         "--compare-eager", action="store_true", help="cuda: also run each batch size without graphs"
@@ -182,24 +191,33 @@ def main() -> None:
     if args.device == "cuda":
         hogwild = (False,)
     variants = {}
-    for batch_size, cuda_graphs, lock_free in itertools.product(args.batch_size, graphs, hogwild):
+    choices = itertools.product(args.batch_size, args.update_cap, graphs, hogwild)
+    for batch_size, cap, cuda_graphs, lock_free in choices:
         impl = f"loom b={batch_size}" if batch_size else "loom"
+        impl += f" cap={cap}" if cap else ""
         impl += ("" if cuda_graphs else " eager") + (" hogwild" if lock_free else "")
-        variants[impl] = (batch_size, cuda_graphs, lock_free)
+        variants[impl] = (batch_size, cuda_graphs, lock_free, cap)
     for mode in ("skipgram", "cbow") if args.mode == "both" else (args.mode,):
         gensim: list = []
         loom: dict[str, list] = {impl: [] for impl in variants}
         for seed in seeds:  # interleaved, so a slow or fast spell of the machine hits both
             gensim.append(run_gensim(sentences, mode, args.gensim_workers, seed))
             print(row(mode, f"gensim s={seed}", n_words, *gensim[-1]), flush=True)
-            for impl, (batch_size, cuda_graphs, lock_free) in variants.items():
-                runs = loom[impl]
-                runs.append(
-                    run_loom(sentences, mode, args.device, batch_size, cuda_graphs, seed, lock_free)
-                )
-                print(row(mode, f"{impl} s={seed}", n_words, *runs[-1]), flush=True)
+            for impl, (batch_size, cuda_graphs, lock_free, cap) in variants.items():
+                try:
+                    run = run_loom(
+                        sentences, mode, args.device, batch_size, cuda_graphs, seed, lock_free, cap
+                    )
+                except DivergedError as err:
+                    print(f"{mode:9} {impl + f' s={seed}':22} {err}", flush=True)
+                    continue
+                loom[impl].append(run)
+                print(row(mode, f"{impl} s={seed}", n_words, *run), flush=True)
         for impl, runs in loom.items():
-            verdict(mode, impl, n_words, gensim, runs, target)
+            if runs:
+                verdict(mode, impl, n_words, gensim, runs, target)
+            else:
+                print(f"{mode:9} {impl:22} diverged in every run: NOT MET", flush=True)
 
 
 def mean_run(runs: list[tuple[float, tuple]]) -> tuple[float, tuple]:

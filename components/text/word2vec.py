@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -63,6 +64,11 @@ TRAINER = 5  # bump when the same config would draw other samples: old checkpoin
 
 class EmptyCorpusError(ValueError):
     """No training data: an empty stream, or a vocabulary empty after `min_count`."""
+
+
+class DivergedError(ValueError):
+    """The loss stopped being finite: the learning rate or the per-row update cap is too
+    large for the batch size. Raised at the first such chunk, before that epoch's checkpoint."""
 
 
 @dataclass
@@ -490,6 +496,13 @@ class _Trainer:
             results = _in_order(pool, self._chunk, jobs(), 2 * self.hogwild)
         loss_sum = examples = 0.0
         for done, n_ids, chunk_loss, chunk_examples, alpha in results:
+            if not math.isfinite(chunk_loss):
+                cfg = self.config
+                raise DivergedError(
+                    f"word2vec diverged in epoch {epoch + 1} (loss {chunk_loss} after {done:,} "
+                    f"of {total:,} positions): alpha = {cfg.alpha}, update_cap = "
+                    f"{cfg.update_cap}, batch_size = {cfg.batch_size}; lower one of them"
+                )
             loss_sum, examples = loss_sum + chunk_loss, examples + chunk_examples
             mean = chunk_loss / max(chunk_examples, 1)
             self.on_metrics(done, {"loss": mean, "lr": alpha, "epoch": epoch + 1})

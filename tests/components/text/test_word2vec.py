@@ -20,7 +20,12 @@ from safetensors import safe_open
 from components.config import ConfigError
 from components.text import word2vec
 from components.text.bpe import ENDOFTEXT, BpeTokenizer, bytes_to_unicode
-from components.text.word2vec import EmptyCorpusError, Word2Vec, Word2VecConfig
+from components.text.word2vec import (
+    DivergedError,
+    EmptyCorpusError,
+    Word2Vec,
+    Word2VecConfig,
+)
 from tests.components.text import w2v_script
 
 REPO = Path(__file__).resolve().parents[3]
@@ -357,6 +362,16 @@ def test_vocabulary_empty_after_min_count():
     with pytest.raises(EmptyCorpusError, match=r"min_count = 3\b") as err:
         Word2Vec.train(lambda: sentences, small_config(min_count=3))
     assert "2 times" in str(err.value)  # the most frequent unit, "a", occurs twice
+
+
+@pytest.mark.parametrize("hogwild", [False, True])
+def test_divergence_is_an_error_naming_the_knobs_not_nan_vectors(tmp_path, hogwild):
+    sentences, _, _ = two_clusters()
+    config = small_config(alpha=1e4, update_cap=None, epochs=3, hogwild=hogwild, workers=2)
+    with pytest.raises(DivergedError, match=r"diverged in epoch 1 .*alpha = 10000.0, "
+                       r"update_cap = None, batch_size = 64; lower one of them"):  # fmt: skip
+        Word2Vec.train(lambda: sentences, config, work_dir=tmp_path)
+    assert not (tmp_path / word2vec.CHECKPOINT).exists()  # no epoch of NaN weights was saved
 
 
 def test_ids_outside_the_vocabulary_stop_training_before_a_step(monkeypatch):

@@ -215,15 +215,23 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_runner_min_count_too_high_fails_and_keeps_outputs(project, experiment):
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"min_count": 10**9}, ["min_count = 1000000000", "train.parquet"]),
+        ({"alpha": 1e4, "update_cap": None}, ["diverged", "alpha = 10000.0, update_cap = None"]),
+    ],
+    ids=["min_count", "diverges"],
+)
+def test_runner_bad_config_fails_and_keeps_outputs(project, experiment, change, says):
     before = snapshot(project)
     assert any(p.startswith("data/word2vec/small/") for p in before)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["word2vec"]["min_count"] = 10**9
+    params["word2vec"].update(change)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     res = loom(project, "stage", "word2vec@small")
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("loom stage word2vec@small: error:"), res.stderr
-    assert "min_count = 1000000000" in last and "train.parquet" in last, last
+    assert all(text in last for text in says), last
     assert snapshot(project) == before
