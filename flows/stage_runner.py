@@ -185,7 +185,6 @@ def _log_dataset(
     `known` holds digests already computed, by path relative to root."""
     import warnings
 
-    import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -202,7 +201,7 @@ def _log_dataset(
     tags = {"dvc.md5": digest, "path": rel}
     if ds is not None and ds.num_rows is not None:
         tags["num_rows"] = str(ds.num_rows)
-    mlflow.log_input(dataset, context=context, tags=tags)
+    tracking.log_input(dataset, context, tags)
 
 
 def is_wall_clock(metric: str) -> bool:

@@ -141,6 +141,31 @@ def log_curves(client: Any, run_id: str, curves: dict[str, list[tuple[int, float
         client.log_batch(run_id, metrics=points[i : i + 1000])
 
 
+# What SQLite, PostgreSQL and MySQL say when an insert loses a race on a unique key.
+_UNIQUE_CONFLICT = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def log_input(dataset: Any, context: str, tags: dict[str, str], attempts: int = 5) -> None:
+    """`mlflow.log_input` that survives a concurrent run logging the same dataset.
+
+    MLflow looks a dataset (name, digest) up in the experiment and inserts it when missing;
+    two runs doing that at once (sweep points, parallel stages) both miss it and the later
+    insert fails on the unique key. The whole insert is rolled back, so retrying is safe and
+    finds the row the other run wrote.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except MlflowException as err:
+            if attempt == attempts - 1 or not any(m in str(err) for m in _UNIQUE_CONFLICT):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def extra_tags() -> dict[str, str]:
     """Tags the launcher asked every stage run to carry ($LOOM_RUN_TAGS, a JSON object)."""
     raw = os.environ.get(EXTRA_TAGS_ENV, "")
