@@ -1,7 +1,8 @@
 """Atomic stage outputs: write into scratch paths beside the targets, swap in only on success.
 
 A stage that fails or is killed leaves its previous outputs untouched; at worst it leaves a
-`.loom-tmp-*` scratch entry, which the next run of that stage removes.
+`.loom-tmp-<pid>-*` scratch entry, which the next run of that stage removes once that pid is
+no longer alive (a live process's scratch is its own business: it may be writing it now).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,17 +27,49 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+class OutputError(ValueError):
+    """An output location that cannot be written: the message names it."""
+
+
+def check_writable(directory: Path) -> None:
+    """Fail now, before any work, if files cannot be created in `directory` (made if
+    missing): a stage must not train for an hour and then fail to save."""
+    probe = directory / f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-probe"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(
+            f"{directory}: cannot write outputs there ({err.strerror or err}); fix its "
+            "permissions or free it, the last good outputs are untouched"
+        ) from None
+
+
 def scratch_path(target: Path) -> Path:
     """Same directory (so the final rename is atomic), hidden, unique per process."""
     return target.parent / f"{SCRATCH_PREFIX}{os.getpid()}-{target.name}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def clean_stale(target: Path) -> None:
-    """Remove scratch/retired leftovers of earlier killed runs for `target`."""
+    """Remove scratch/retired leftovers for `target` of processes that are gone (killed)."""
     if not target.parent.is_dir():
         return
     for prefix in (SCRATCH_PREFIX, RETIRED_PREFIX):
         for entry in target.parent.glob(f"{prefix}*-{target.name}"):
+            pid = entry.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
             _remove(entry)
 
 
@@ -48,7 +82,7 @@ def staged_outputs(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
     """
     scratch = {}
     for name, target in targets.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(target.parent)
         clean_stale(target)
         scratch[name] = scratch_path(target)
     try:
@@ -80,9 +114,14 @@ def replace(src: Path, target: Path) -> None:
 def write_text(target: Path, text: str) -> None:
     """Atomically write a small text file (temp file + rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = scratch_path(target)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    # pid, then a per-call suffix: two threads of one process never share a temp file
+    tmp = target.parent / f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(target: Path, data: Any) -> None:

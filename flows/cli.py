@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -17,10 +19,40 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows import plan, project, tracking
+    from flows import interrupts, project, workspace
 
     root = project.find_root()
-    if not (args.force or args.set_param or args.params_file):
+    command = shlex.join(["loom", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "loom run"
+    try:
+        with interrupts.handled(), workspace.locked(root, command, wait=args.wait):
+            return _run_locked(root, args)
+    except BaseException as stop:
+        if not _is_interrupt(stop):
+            raise
+        signame = signal.Signals(interrupts.exit_code(stop) - 128).name
+        print(
+            f"loom run: interrupted by {signame}: running stages stopped, their MLflow runs "
+            "and the pipeline run marked KILLED; last good outputs kept",
+            file=sys.stderr,
+        )
+        return interrupts.exit_code(stop)
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    if isinstance(err, KeyboardInterrupt):
+        return True
+    from prefect.exceptions import TerminationSignal  # Prefect's SIGTERM inside a flow
+
+    return isinstance(err, TerminationSignal)
+
+
+def _run_locked(root: Path, args: argparse.Namespace) -> int:
+    from flows import plan, prefect_server, tracking
+
+    # Validated and written before any Prefect server starts; params.yaml is untouched
+    # unless the whole pipeline accepts the result.
+    plan.apply_params(root, [str(f) for f in args.params_file], args.set_param)
+    if not args.force:
         # Nothing changed: nothing to orchestrate. Report like `dvc repro` does, without
         # starting Prefect (a flow run) or MLflow (a pipeline run).
         specs = plan.select_specs(root, args.stages)
@@ -35,17 +67,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows import pipeline
 
     flow = pipeline.pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs))
-    try:
-        reports = flow(
-            targets=args.stages,
-            overrides=args.set_param,
-            params_files=[str(f) for f in args.params_file],
-            force=args.force,
-            root=str(root),
-        )
-    except Exception as err:  # the flow already logged details; end with the reason
-        print(f"loom run: error: {err}", file=sys.stderr)
-        return 1
+    with prefect_server.api():  # stopped last, after the flow recorded how it ended
+        try:
+            reports = flow(targets=args.stages, force=args.force, root=str(root))
+        except Exception as err:  # the flow already logged details; end with the reason
+            print(f"loom run: error: {err}", file=sys.stderr)
+            return 1
     ran = sum(r["status"] == "ran" for r in reports)
     print(f"\n{ran} stage(s) ran, {len(reports) - ran} skipped.")
     print(f"Open the MLflow UI: {ui_command(root, tracking.tracking_uri(root))}")
@@ -53,9 +80,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def ui_command(root: Path, uri: str) -> str:
+    from flows import tracking
+
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-    return f"open {uri}"
+    return f"open {tracking.redact(uri)}"  # printed: never show a password from the URI
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -70,24 +99,44 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from flows import compare, project
+    from flows import compare, project, tracking
 
-    print(compare.format_runs(compare.recent_runs(project.find_root(), args.last, args.stage)))
+    try:
+        runs = compare.recent_runs(project.find_root(), args.last, args.stage)
+    except (compare.CompareError, tracking.TrackingError) as err:
+        print(f"loom runs: error: {err}", file=sys.stderr)
+        return 1
+    print(compare.format_runs(runs))
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for counts such as --last: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from flows import compare, project
+    from flows import compare, project, tracking
 
     root = project.find_root()
     if args.sweep:
         from flows import sweep
 
         return sweep.sweep_compare(args)
-    if args.run_ids:
-        runs = compare.get_runs(root, args.run_ids)
-    else:
-        runs = compare.recent_runs(root, args.last or 2, args.stage)
+    try:
+        if args.run_ids:
+            runs = compare.get_runs(root, args.run_ids)
+        else:
+            runs = compare.recent_runs(root, args.last or 2, args.stage)
+    except (compare.CompareError, tracking.TrackingError) as err:
+        print(f"loom compare: error: {err}", file=sys.stderr)
+        return 1
     if len(runs) < 2:
         print(
             "loom compare: error: need at least two runs (give RUN_IDs or --last N)",
@@ -158,6 +207,11 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--force", action="store_true", help="re-run selected stages even if unchanged")
     r.add_argument("--jobs", "-j", type=int, default=1, help="stages to run concurrently")
+    r.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another Loom run holds this workspace, wait for it (default: fail at once)",
+    )
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser(
@@ -166,13 +220,13 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_check)
 
     rs = sub.add_parser("runs", help="list recent stage runs from MLflow")
-    rs.add_argument("--last", type=int, default=20)
+    rs.add_argument("--last", type=_positive_int, default=20, metavar="N")
     rs.add_argument("--stage")
     rs.set_defaults(func=_cmd_runs)
 
     cp = sub.add_parser("compare", help="side-by-side params, metrics and data versions of runs")
     cp.add_argument("run_ids", nargs="*")
-    cp.add_argument("--last", type=int)
+    cp.add_argument("--last", type=_positive_int, metavar="N")
     cp.add_argument("--stage")
     cp.add_argument("--sweep", metavar="ID", help="the grid of a sweep, sorted by --metric")
     cp.add_argument("--metric", help="with --sweep: the metric to sort by")
@@ -214,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.insert(0, str(root))
     except ProjectError:
         pass
+    from components.config import ConfigError
+    from components.registry import UnknownComponentError
+
     try:
         return args.func(args)
-    except (ParamsError, ProjectError) as err:
+    except (ParamsError, ProjectError, ConfigError, UnknownComponentError) as err:
         print(f"loom {args.command}: error: {err}", file=sys.stderr)
         return 1
 

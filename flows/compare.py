@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,23 +15,61 @@ LINEAGE_TAGS = (
     "loom.component_version",
     "prefect.flow_run_id",
 )
+# A DVC stage name, optionally with its foreach/matrix key: "corpus", "bpe@small".
+STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+(@[A-Za-z0-9_.-]+)?")
+# What `get_run` answers for an id that names no run: unknown, or not an id at all ("a b").
+_NO_SUCH_RUN = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+class CompareError(ValueError):
+    """A run id or stage name that selects no runs."""
+
+
+def check_stage(stage: str) -> str:
+    """`stage` if it is a stage name (see STAGE_NAME), else CompareError."""
+    if not STAGE_NAME.fullmatch(stage):
+        raise CompareError(
+            f'--stage "{stage}": not a stage name (expected NAME or NAME@KEY, each of '
+            f"letters, digits and _ . -)"
+        )
+    return stage
+
+
+def filter_string(value: str) -> str:
+    """`value` as a string literal in an MLflow search filter.
+
+    MLflow's filter grammar (3.17, `SearchUtils._strip_quotes`) has no escapes: it drops the
+    outer quotes and keeps the rest verbatim, so `'x''y'` means x''y. A value can only be
+    quoted with a quote it does not hold; validating it (`check_stage`) is the real defense.
+    """
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise CompareError(f"{value!r}: holds both quote characters; no MLflow filter can match it")
 
 
 def _client(root: Path) -> Any:
+    """A client of the project's store, after runs left RUNNING by dead processes are ended
+    (so what `runs` and `compare` show is what is true)."""
     import mlflow
 
-    tracking.setup(root)
+    tracking.end_stale_runs(tracking.setup(root))
     return mlflow.MlflowClient()
 
 
 def recent_runs(root: Path, last: int = 20, stage: str | None = None) -> list[Any]:
     """Most recent stage runs (pipeline parent runs excluded), newest first."""
+    if stage is not None:
+        check_stage(stage)
     client = _client(root)
     exp = client.get_experiment_by_name(tracking.experiment_name())
     if exp is None:
         return []
     # A stage ("bpe@small") or a foreach/matrix group ("bpe"); MLflow search has no OR.
-    query = f"tags.`loom.stage` LIKE '{stage}%'" if stage else "tags.`loom.stage` != ''"
+    # LIKE's `_` matches any character; the exact match on the stage tag follows below.
+    query = "tags.`loom.stage` != ''"
+    if stage:
+        query = f"tags.`loom.stage` LIKE {filter_string(stage + '%')}"
     runs = client.search_runs(
         [exp.experiment_id],
         query,
@@ -108,5 +147,16 @@ def format_compare(runs: list[Any]) -> str:
 
 
 def get_runs(root: Path, run_ids: list[str]) -> list[Any]:
+    """The runs with these ids, in order; CompareError names the first id without a run."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(root)
-    return [client.get_run(run_id) for run_id in run_ids]
+    runs = []
+    for run_id in run_ids:
+        try:
+            runs.append(client.get_run(run_id))
+        except MlflowException as err:
+            if err.error_code not in _NO_SUCH_RUN:
+                raise
+            raise CompareError(f"no MLflow run with id {run_id!r}") from None
+    return runs

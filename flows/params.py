@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,19 @@ def load(root: Path) -> dict[str, Any]:
     return load_file(Path(root) / PARAMS_FILE)
 
 
-def load_file(path: Path) -> dict[str, Any]:
+def load_file(path: Path, role: str | None = None) -> dict[str, Any]:
+    """Parse a YAML mapping of sections; `role` (e.g. "params overlay (-P)") is what a
+    missing file is called in the error, which otherwise is about the project's params.yaml."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if role:
+            raise ParamsError(f"{path}: {role} not found") from None
         raise ParamsError(
             f"{path}: file not found (every Loom project needs a params.yaml)"
         ) from None
+    except OSError as err:  # a directory, no permission
+        raise ParamsError(f"{path}: cannot read {role or 'file'}: {err.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -81,7 +88,7 @@ def overlay_overrides(root: Path, overlay: Path) -> list[str]:
     """
     import json
 
-    data = load_file(Path(overlay))
+    data = load_file(Path(overlay), role="params overlay (-P)")
     current = load(root)
     found: list[str] = []
 
@@ -98,14 +105,34 @@ def overlay_overrides(root: Path, overlay: Path) -> list[str]:
     return found
 
 
-def apply_overrides(root: Path, overrides: list[str]) -> list[tuple[str, Any]]:
+def _round_trip_yaml() -> Any:
+    """ruamel.yaml as DVC uses it, but keeping what a person wrote: comments, quotes, `null`."""
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    rt.width = 4096  # never re-wrap a long line
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return rt
+
+
+def apply_overrides(
+    root: Path, overrides: list[str], check: Callable[[str], None] | None = None
+) -> list[tuple[str, Any]]:
     """Write `KEY=VALUE` overrides into params.yaml, as `dvc exp run -S` does.
 
-    The file stays the single source of truth (so `dvc status`/`dvc repro` agree with what ran);
-    comments and layout are preserved. Only existing keys may be set: a typo must not silently
-    add a new key that no stage reads.
+    The file stays the single source of truth (so `dvc status`/`dvc repro` agree with what ran).
+    Only existing keys may be set: a typo must not silently add a new key that no stage reads.
+    The new text is made in memory (a round-trip YAML writer keeps comments, quoting, `null`
+    and layout), then `check(new_text)` may reject it; only then is it written, atomically.
+    On any failure the file is byte for byte what it was.
     """
-    from dvc.utils.serialize import modify_yaml
+    import io
+
+    from flows import atomic
 
     parsed = [parse_override(o) for o in overrides]
     current = load(root)
@@ -114,12 +141,21 @@ def apply_overrides(root: Path, overrides: list[str]) -> list[tuple[str, Any]]:
         node = section(current, parent) if parent else current
         if not isinstance(node, dict) or leaf not in node:
             raise ParamsError(f"override {key!r}: no such key in {PARAMS_FILE}")
-    if parsed:
-        with modify_yaml(Path(root) / PARAMS_FILE) as data:
-            for key, value in parsed:
-                *parents, leaf = key.split(".")
-                node = data
-                for part in parents:
-                    node = node[part]
-                node[leaf] = value
+    if not parsed:
+        return parsed
+    path = Path(root) / PARAMS_FILE
+    rt = _round_trip_yaml()
+    data = rt.load(path.read_text(encoding="utf-8"))
+    for key, value in parsed:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    out = io.StringIO()
+    rt.dump(data, out)
+    text = out.getvalue()
+    if check is not None:
+        check(text)
+    atomic.write_text(path, text)
     return parsed

@@ -10,9 +10,12 @@ DVC's "Unable to acquire lock", and dvc.lock ends up exactly as `dvc repro` woul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,44 +23,29 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.states import Completed
+from prefect.states import Cancelled, Completed
 
 from components import registry
-from components.config import build, require
-from flows import atomic, params, plan, project, stage_runner, tracking
-from flows.plan import StageReport
+from components.config import to_dict
+from flows import (
+    atomic,
+    interrupts,
+    orphans,
+    params,
+    plan,
+    project,
+    stage_runner,
+    tracking,
+    workspace,
+)
+from flows.plan import Orchestration, StageReport
 
-
-@dataclass
-class Orchestration:
-    """The `loom` section of params.yaml (read by the flow only; no stage depends on it).
-
-    retries: attempts after a failure, for every stage; stage_retries overrides it per stage
-    or per foreach/matrix group ("bpe" covers "bpe@small").
-    """
-
-    retries: int = 0
-    retry_delay_seconds: float = 2.0
-    stage_retries: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        require(self.retries >= 0, "retries", self.retries, "an int >= 0")
-        require(
-            self.retry_delay_seconds >= 0, "retry_delay_seconds", self.retry_delay_seconds, ">= 0"
-        )
-        for name, n in self.stage_retries.items():
-            require(n >= 0, f"stage_retries.{name}", n, "an int >= 0")
-
-    def retries_for(self, stage: str) -> int:
-        for key in (stage, stage.split("@")[0]):
-            if key in self.stage_retries:
-                return self.stage_retries[key]
-        return self.retries
+__all__ = ["Orchestration", "StageFailed", "pipeline"]
 
 
 class StageFailed(RuntimeError):
@@ -83,25 +71,71 @@ def _stage_env(
     return env
 
 
-def _run_cmd(spec: project.StageSpec, env: dict[str, str], logger: Any) -> tuple[int, list[str]]:
-    """Run the stage's cmd as DVC would (shell, in wdir); stream its output; keep the tail."""
+def command_argv(spec: project.StageSpec, command: str) -> list[str]:
+    """One command of a stage's cmd as argv. Loom runs stage commands without a shell, so
+    nothing in a cmd (stage names and paths interpolated from params among it) is ever
+    interpreted by one: shell syntax is refused here rather than passed on as arguments."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    try:
+        tokens = list(lexer)
+    except ValueError as err:  # an unclosed quote
+        raise project.ProjectError(
+            f"dvc.yaml: stage {spec.name!r}: cmd {command!r}: {err}"
+        ) from None
+    shell = [
+        t for t in tokens if set(t) <= set("();<>|&") or t.startswith("#") or set(t) & set("$`")
+    ]
+    if shell or not tokens:
+        what = f"shell syntax {shell[0]!r}" if shell else "no command"
+        raise project.ProjectError(
+            f"dvc.yaml: stage {spec.name!r}: cmd {command!r} has {what}; Loom runs stage "
+            "commands without a shell: make it one plain command (a script can do the rest)"
+        )
+    return shlex.split(command)
+
+
+def _run_cmd(
+    spec: project.StageSpec, env: dict[str, str], logger: Any, parent: ParentRun
+) -> tuple[int, list[str]]:
+    """Run the stage's commands in turn, as DVC would (in wdir) but without a shell; stream
+    their output; keep the tail. Each runs in its own session, so a terminal's Ctrl-C reaches
+    `loom run` only, which stops them in order (`ParentRun.stop_stages`), and dies with
+    `loom run` whatever kills it (`flows.orphans`)."""
     tail: deque[str] = deque(maxlen=60)
-    proc = subprocess.Popen(
-        spec.cmd,
-        shell=True,
-        cwd=spec.wdir,
-        env=env,
-        text=True,
-        errors="replace",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        tail.append(line)
-        logger.info("%s | %s", spec.name, line.split("\r")[-1])
-    return proc.wait(), list(tail)
+    for command in spec.commands or [spec.cmd]:
+        argv = command_argv(spec, command)
+        with parent.lock:
+            if parent.stopping:
+                return 128 + signal.SIGTERM, ["loom run: interrupted before this stage started"]
+            try:
+                proc = subprocess.Popen(
+                    orphans.guarded(argv),
+                    cwd=spec.wdir,
+                    env=env,
+                    text=True,
+                    errors="replace",
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as err:
+                return 127, [f"{spec.name}: cannot run {argv[0]!r}: {err.strerror}"]
+            parent.procs.add(proc)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                logger.info("%s | %s", spec.name, line.split("\r")[-1])
+            rc = proc.wait()
+        finally:
+            with parent.lock:
+                parent.procs.discard(proc)
+        if rc != 0:
+            return rc, list(tail)
+    return 0, list(tail)
 
 
 def _reason(name: str, rc: int, tail: list[str]) -> str:
@@ -146,7 +180,10 @@ def run_stage_task(
         info = Path(tmp) / "run.json"
         parent_run_id = _PARENT_RUNS[parent_key].id()
         env = _stage_env(rootp, name, parent_run_id, flow_run_id, info, tags)
-        rc, tail = _run_cmd(spec, env, logger)
+        parent = _PARENT_RUNS[parent_key]
+        rc, tail = _run_cmd(spec, env, logger, parent)
+        if rc != 0 and parent.stopping:  # loom run was interrupted: not this stage's failure
+            return Cancelled(message=f"{name}: stopped, `loom run` was interrupted")
         if rc != 0:
             raise StageFailed(_reason(name, rc, tail))
         run_info = json.loads(info.read_text()) if info.exists() else {}
@@ -161,7 +198,8 @@ def run_stage_task(
 
 class ParentRun:
     """The flow's MLflow pipeline run, created when the first stage actually runs (tasks run
-    in threads of the flow process; they find it in `_PARENT_RUNS` by key)."""
+    in threads of the flow process; they find it in `_PARENT_RUNS` by key), and the stage
+    processes running under it."""
 
     def __init__(
         self, root: Path, flow_run_id: str, targets: list[str] | None, force: bool, tags: dict
@@ -169,6 +207,9 @@ class ParentRun:
         self._args = (root, flow_run_id, targets, force, tags)
         self._lock = threading.Lock()
         self.started: str | None = None
+        self.lock = threading.Lock()  # guards procs and stopping
+        self.procs: set[subprocess.Popen] = set()
+        self.stopping = False
 
     def id(self) -> str:
         with self._lock:
@@ -176,15 +217,53 @@ class ParentRun:
                 self.started = _start_parent_run(*self._args)
             return self.started
 
+    def stop_stages(self, grace: float = 10.0) -> int:
+        """Start no more stages; SIGTERM the running ones (each marks its MLflow run KILLED and
+        keeps its last good outputs), SIGKILL what is left after `grace` seconds. Returns how
+        many were running."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return len(procs)
+
 
 _PARENT_RUNS: dict[str, ParentRun] = {}
 
 
-def _validate(root: Path, specs: list[project.StageSpec]) -> None:
-    """Every component stage's config and I/O binding, before any stage runs."""
+def _validate(root: Path, specs: list[project.StageSpec]) -> dict[str, dict]:
+    """Every component stage's config and I/O binding, before any stage runs; returns the
+    resolved configs by stage."""
+    configs = {}
     for spec in specs:
+        for command in spec.commands or [spec.cmd]:
+            command_argv(spec, command)
         if spec.component:
-            stage_runner.prepare(root, spec.name, spec)
+            configs[spec.name] = to_dict(stage_runner.prepare(root, spec.name, spec)[2])
+    return configs
+
+
+def _prune_work_dirs(root: Path, configs: dict[str, dict]) -> None:
+    with project.DVC_LOCK:
+        repo = project.open_repo(root)
+        try:
+            every = [s.addressing for s in project.pipeline_stages(repo)]
+        finally:
+            repo.close()
+    pruned = stage_runner.prune_work_dirs(root, every, configs)
+    if pruned:
+        listed = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in pruned)
+        print(f"pruned {len(pruned)} stale stage work dir(s): {listed}")
 
 
 @flow(name="loom-pipeline")
@@ -208,14 +287,25 @@ def pipeline(
     from prefect.runtime import flow_run
 
     rootp = project.find_root(Path(root) if root else None)
-    overlays = [o for f in params_files or [] for o in params.overlay_overrides(rootp, rootp / f)]
-    params.apply_overrides(rootp, overlays + list(overrides or []))
-    orchestration = build(
-        Orchestration, params.load(rootp).get(params.LOOM_SECTION), where="params.yaml: loom"
-    )
+    flow_run_id = str(flow_run.id or "")
+    # Re-entrant: `loom run` holds it already; a deployment's flow run takes it here.
+    with workspace.locked(rootp, f"loom run (Prefect flow run {flow_run_id})"):
+        plan.apply_params(rootp, list(params_files or []), list(overrides or []))
+        return _run(rootp, flow_run_id, targets, force, pull, push, tags)
+
+
+def _run(
+    rootp: Path,
+    flow_run_id: str,
+    targets: list[str] | None,
+    force: bool,
+    pull: bool,
+    push: bool,
+    tags: dict[str, str] | None,
+) -> list[dict[str, Any]]:
+    orchestration = plan.orchestration(params.load(rootp))
     specs = plan.select_specs(rootp, list(targets or []))
     names = [s.name for s in specs]
-    flow_run_id = str(flow_run.id or "")
     if pull:
         resumed = _restore_lock(rootp, flow_run_id)
         if resumed:
@@ -225,7 +315,8 @@ def pipeline(
     # Stages that are unchanged and have no stale upstream are settled now, without a task:
     # a no-op run costs one DVC status pass, no component import and no MLflow run.
     todo = plan.stages_to_run(rootp, specs, force)
-    _validate(rootp, [s for s in specs if s.name in todo])
+    configs = _validate(rootp, specs)
+    _prune_work_dirs(rootp, configs)
     settled = {s.name: plan.skipped(rootp, s) for s in specs if s.name not in todo}
     if settled:
         print(f"unchanged (DVC), skipped: {', '.join(settled)}")
@@ -236,26 +327,32 @@ def pipeline(
     parent_key = uuid.uuid4().hex
     parent = _PARENT_RUNS[parent_key] = ParentRun(rootp, flow_run_id, targets, force, extra_tags)
     futures: dict[str, Any] = {}
-    for spec in specs:
-        if spec.name in settled:
-            continue
-        upstream = [futures[u] for u in spec.upstream if u in futures]
-        retries = orchestration.retries_for(spec.name)
-        futures[spec.name] = run_stage_task.with_options(
-            retries=retries, retry_delay_seconds=orchestration.retry_delay_seconds
-        ).submit(
-            str(rootp),
-            spec,
-            force,
-            parent_key,
-            flow_run_id,
-            lock_order,
-            extra_tags,
-            push,
-            wait_for=upstream,
-        )
-
-    reports = [settled[n] if n in settled else _report(n, futures[n]) for n in names]
+    try:
+        for spec in specs:
+            if spec.name in settled:
+                continue
+            upstream = [futures[u] for u in spec.upstream if u in futures]
+            retries = orchestration.retries_for(spec.name)
+            futures[spec.name] = run_stage_task.with_options(
+                retries=retries, retry_delay_seconds=orchestration.retry_delay_seconds
+            ).submit(
+                str(rootp),
+                spec,
+                force,
+                parent_key,
+                flow_run_id,
+                lock_order,
+                extra_tags,
+                push,
+                wait_for=upstream,
+            )
+        reports = [settled[n] if n in settled else _report(n, futures[n]) for n in names]
+    except BaseException as stop:  # SIGINT/SIGTERM: stop the stages, record it, re-raise
+        stopped = parent.stop_stages()
+        _PARENT_RUNS.pop(parent_key, None)
+        if parent.started:
+            _kill_parent_run(parent.started, stop, stopped)
+        raise
     failed = [r for r in reports if r.status == "failed"]
     pushed = False if push else None  # None: not asked to push
     try:
@@ -270,6 +367,16 @@ def pipeline(
     if failed:
         raise StageFailed("; ".join(r.error for r in failed))
     return [asdict(r) for r in reports]
+
+
+def _kill_parent_run(run_id: str, stop: BaseException, stopped: int) -> None:
+    import mlflow
+
+    signum = interrupts.exit_code(stop) - 128
+    why = f"interrupted by {signal.Signals(signum).name}; {stopped} running stage(s) stopped"
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "loom.error", why)
+    client.set_terminated(run_id, "KILLED")
 
 
 def _report(name: str, future: Any) -> StageReport:
@@ -327,8 +434,10 @@ def _start_parent_run(
     import mlflow
 
     experiment_id = tracking.setup(root)
+    tracking.end_stale_runs(experiment_id)
     tags = {
         "loom.pipeline": "true",
+        **tracking.process_tags(),
         "prefect.flow_run_id": flow_run_id,
         **{f"loom.{k}": v for k, v in tracking.git_info(root).items()},
         **{f"loom.{k}": v for k, v in tracking.host_info().items()},

@@ -8,10 +8,13 @@ the flow uses the same rule to settle unchanged stages without a task.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows import project
+from components.config import build, require
+from flows import params, project
 from flows.compare import table
 
 
@@ -82,3 +85,73 @@ def format_summary(reports: list[StageReport]) -> str:
             [r.stage, r.status, secs, shown or (r.error[:60] if r.error else "-"), r.run_id or "-"]
         )
     return table(rows)
+
+
+@dataclass
+class Orchestration:
+    """The `loom` section of params.yaml (read by the flow only; no stage depends on it).
+
+    retries: attempts after a failure, for every stage; stage_retries overrides it per stage
+    or per foreach/matrix group ("bpe" covers "bpe@small").
+    """
+
+    retries: int = 0
+    retry_delay_seconds: float = 2.0
+    stage_retries: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.retries >= 0, "retries", self.retries, "an int >= 0")
+        require(
+            self.retry_delay_seconds >= 0, "retry_delay_seconds", self.retry_delay_seconds, ">= 0"
+        )
+        for name, n in self.stage_retries.items():
+            require(n >= 0, f"stage_retries.{name}", n, "an int >= 0")
+
+    def retries_for(self, stage: str) -> int:
+        for key in (stage, stage.split("@")[0]):
+            if key in self.stage_retries:
+                return self.stage_retries[key]
+        return self.retries
+
+
+def orchestration(all_params: dict) -> Orchestration:
+    return build(
+        Orchestration, all_params.get(params.LOOM_SECTION), where=f"{params.PARAMS_FILE}: loom"
+    )
+
+
+def check_params(root: Path, candidate: str) -> None:
+    """Raise unless params.yaml text `candidate` is one the whole pipeline can run with: every
+    stage name dvc.yaml resolves from it is plain (foreach/matrix keys end up in commands),
+    every component stage's config builds from its section, and the `loom` section builds.
+
+    DVC resolves dvc.yaml against the candidate in a scratch copy of the project's
+    declaration files, so params.yaml itself is written only once it has passed.
+    """
+    from flows import stage_runner  # imports the component registry
+
+    with tempfile.TemporaryDirectory(prefix="loom-params-") as tmp:
+        scratch = Path(tmp)
+        for entry in Path(root).iterdir():  # dvc.yaml and what it may read (vars, params)
+            if entry.is_file() and entry.suffix in (".yaml", ".yml", ".json", ".toml"):
+                if entry.name not in ("dvc.lock", params.PARAMS_FILE):
+                    shutil.copy2(entry, scratch / entry.name)
+        (scratch / params.PARAMS_FILE).write_text(candidate, encoding="utf-8")
+        (scratch / ".dvc").mkdir()
+        (scratch / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
+        specs = select_specs(scratch, [])
+        orchestration(params.load(scratch))
+        for spec in specs:
+            if spec.component:
+                stage_runner.prepare(scratch, spec.name, spec)
+
+
+def apply_params(root: Path, params_files: list[str], overrides: list[str]) -> list[str]:
+    """Merge overlays (`-P`) then `KEY=VALUE` overrides (`-S`) into params.yaml, after
+    `check_params` passed on the result; on any failure the file is left byte for byte as it
+    was. Returns the overrides applied."""
+    overlays = [o for f in params_files for o in params.overlay_overrides(root, Path(root) / f)]
+    found = overlays + list(overrides)
+    if found:
+        params.apply_overrides(root, found, check=lambda text: check_params(root, text))
+    return found

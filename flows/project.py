@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ class StageSpec:
     """
 
     name: str
-    cmd: str
+    cmd: str  # as dvc.yaml has it (a list of commands joined by " && ")
     wdir: Path
     component: str | None
     config_key: str | None
@@ -49,6 +50,22 @@ class StageSpec:
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     upstream: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # the cmd's commands, run in turn
+
+
+# What a stage name may be: DVC's names, and foreach/matrix keys after the "@". Keys come from
+# params (settable by `-S` and by a deployment's `overrides`) and end up in the stage's cmd.
+STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+(@[A-Za-z0-9_.-]+)?")
+
+
+def check_stage_name(name: str) -> None:
+    if not STAGE_NAME.fullmatch(name):
+        base, _, key = name.partition("@")
+        what = f"foreach/matrix key {key!r} (from params.yaml)" if key else f"name {name!r}"
+        raise ProjectError(
+            f"dvc.yaml: stage {name!r}: its {what} is not a plain identifier: use letters, "
+            "digits, '_', '.' and '-' only"
+        )
 
 
 def covered(path: str, declared: list[str]) -> bool:
@@ -92,10 +109,14 @@ def spec_of(repo: Repo, stage: DvcStage, with_upstream: bool = True) -> StageSpe
     config_key = meta.get("config") or (
         params[0] if params else (stage.name if component else None)
     )
+    check_stage_name(stage.name)
     graph = repo.index.graph if with_upstream else None
+    raw = stage.cmd.splitlines() if isinstance(stage.cmd, str) else list(stage.cmd)
+    commands = [c for c in raw if c.strip()]  # DVC runs each line of a cmd in turn
     return StageSpec(
         name=stage.addressing,
-        cmd=stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd),
+        cmd=" && ".join(commands),
+        commands=commands,
         wdir=Path(stage.wdir),
         component=component,
         config_key=config_key,
@@ -136,7 +157,10 @@ def load_spec(root: Path, name: str) -> StageSpec:
     with DVC_LOCK:
         repo = open_repo(root)
         try:
-            return spec_of(repo, stage_named(repo, name), with_upstream=False)
+            spec = spec_of(repo, stage_named(repo, name), with_upstream=False)
+            for stage in repo.index.stages:  # a bad key anywhere in params fails every stage
+                check_stage_name(stage.name)
+            return spec
         finally:
             repo.close()
 

@@ -7,6 +7,7 @@ success; the MLflow run records the outcome either way.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 from components import registry
 from components.config import build, to_dict
 from components.stage import Dataset, Stage, StageInputError, StageIO
-from flows import atomic, params, project, tracking
+from flows import atomic, interrupts, params, project, tracking, workspace
 
 RUN_INFO_ENV = "LOOM_RUN_INFO"  # where `loom run` asks the stage to leave its run id + metrics
 WORK_DIR_ENV = "LOOM_WORK_DIR"  # stable base directory for stages' resumable work dirs
@@ -77,7 +78,10 @@ def run_stage(root: Path, name: str) -> Outcome:
     for role, path in inputs.items():
         if not path.exists():
             raise StageInputError(f"stage {name!r}: input {role!r} not found: {path}")
+    for rel in spec.metrics + spec.plots:  # written after the work: check them before it
+        atomic.check_writable((root / rel).parent)
     experiment_id = tracking.setup(root)
+    tracking.end_stale_runs(experiment_id)
 
     tags = {
         "loom.stage": name,
@@ -86,6 +90,7 @@ def run_stage(root: Path, name: str) -> Outcome:
         "loom.cmd": spec.cmd,
         **{f"loom.{k}": v for k, v in tracking.git_info(root).items()},
         **{f"loom.{k}": v for k, v in tracking.host_info().items()},
+        **tracking.process_tags(),
     }
     known = project.digests(root, spec.deps)  # DVC md5 by path: tags and datasets share it
     tags.update({f"dvc.dep.{p}": d for p, d in known.items()})
@@ -93,53 +98,85 @@ def run_stage(root: Path, name: str) -> Outcome:
     if os.environ.get(tracking.FLOW_RUN_ENV):
         tags["prefect.flow_run_id"] = os.environ[tracking.FLOW_RUN_ENV]
     parent = os.environ.get(tracking.PARENT_RUN_ENV) or None
+    resolved = to_dict(config)
+    work = work_dir(root, name, resolved, known)
 
-    client = mlflow.MlflowClient()
-    started = time.time()
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags
-    ) as run:
+    with (
+        workspace.work_dir_locked(work, f"loom stage {name}"),
+        mlflow.start_run(
+            experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags
+        ) as run,
+    ):
         run_id = run.info.run_id
-        resolved = to_dict(config)
-        mlflow.log_params(tracking.flatten(resolved))
-        mlflow.log_dict(resolved, "config.json")
-        for role, path in inputs.items():
-            _log_dataset(root, role, path, "input", known)
-
-        targets = {role: root / p for role, p in spec.outputs.items()}
-        work = work_dir(root, name, resolved, known)
         try:
-            with atomic.staged_outputs(targets) as scratch:
-                result = stage.run(config, StageIO(inputs=inputs, outputs=scratch, work=work))
-                moved = {str(scratch[r]): str(targets[r]) for r in targets}
-        except BaseException as err:
-            mlflow.set_tag("loom.error", f"{type(err).__name__}: {err}"[:5000])
+            metrics = _tracked_run(root, spec, stage, config, resolved, work, inputs, known)
+        except interrupts.Interrupted as stop:
+            mlflow.set_tag("loom.error", f"interrupted by {stop.name}")
+            mlflow.end_run("KILLED")
             raise
-        _remove_work_dir(root, work)
-        seconds = time.time() - started
-        metrics = {k: float(v) for k, v in result.metrics.items()}
-        metrics["stage_seconds"] = round(seconds, 3)
-        write_reports(root, spec, metrics, result.curves)
 
-        out_digests = project.digests(root, spec.outs + spec.metrics + spec.plots)
-        mlflow.set_tags({f"dvc.out.{p}": d for p, d in out_digests.items()})
-        known.update(out_digests)
-        mlflow.log_metrics(metrics)
-        tracking.log_curves(client, run_id, result.curves)
-        for path in [*(root / m for m in spec.metrics + spec.plots), *result.artifacts]:
-            path = Path(_relocate(str(path), moved))
-            if path.is_file():
-                mlflow.log_artifact(str(path))
-        for role, path in targets.items():
-            _log_dataset(root, role, path, "output", known)
-        for ds in result.datasets:
-            ds_path = Path(_relocate(str(ds.path), moved))
-            _log_dataset(root, ds.name, ds_path, ds.context, known, ds)
-
-    outcome = Outcome(run_id=run_id, metrics=metrics, seconds=seconds)
+    outcome = Outcome(run_id=run_id, metrics=metrics, seconds=metrics["stage_seconds"])
     if os.environ.get(RUN_INFO_ENV):
         atomic.write_json(Path(os.environ[RUN_INFO_ENV]), outcome.__dict__)
     return outcome
+
+
+def _tracked_run(
+    root: Path,
+    spec: project.StageSpec,
+    stage: Stage,
+    config: Any,
+    resolved: dict,
+    work: Path,
+    inputs: dict[str, Path],
+    known: dict[str, str],
+) -> dict[str, float]:
+    """Inside the stage's active MLflow run: do the work, swap the outputs in, record them.
+    Returns the metrics (wall-clock ones included)."""
+    import mlflow
+
+    run_id = mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    started = time.time()
+    _link_resumed_run(work, run_id, spec.name, resolved)
+    mlflow.log_params(tracking.flatten(resolved))
+    mlflow.log_dict(resolved, "config.json")
+    for role, path in inputs.items():
+        _log_dataset(root, role, path, "input", known)
+
+    targets = {role: root / p for role, p in spec.outputs.items()}
+    try:
+        with atomic.staged_outputs(targets) as scratch:
+            result = stage.run(config, StageIO(inputs=inputs, outputs=scratch, work=work))
+            moved = {str(scratch[r]): str(targets[r]) for r in targets}
+    except Exception as err:
+        full = _disk_full(err, targets)
+        mlflow.set_tag("loom.error", f"{type(full or err).__name__}: {full or err}"[:5000])
+        if full is not None:
+            raise full from err
+        raise
+    _remove_work_dir(root, work)
+    seconds = time.time() - started
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics["stage_seconds"] = round(seconds, 3)
+    write_reports(root, spec, metrics, result.curves)
+
+    out_digests = project.digests(root, spec.outs + spec.metrics + spec.plots)
+    mlflow.set_tags({f"dvc.out.{p}": d for p, d in out_digests.items()})
+    known.update(out_digests)
+    mlflow.log_metrics(metrics)
+    tracking.log_curves(client, run_id, result.curves)
+    for path in [*(root / m for m in spec.metrics + spec.plots), *result.artifacts]:
+        path = Path(_relocate(str(path), moved))
+        if path.is_file():
+            mlflow.log_artifact(str(path))
+    for role, path in targets.items():
+        _log_dataset(root, role, path, "output", known)
+    for ds in result.datasets:
+        ds_path = Path(_relocate(str(ds.path), moved))
+        _log_dataset(root, ds.name, ds_path, ds.context, known, ds)
+
+    return metrics
 
 
 def work_dir(root: Path, name: str, config: dict, deps: dict[str, str]) -> Path:
@@ -151,6 +188,86 @@ def work_dir(root: Path, name: str, config: dict, deps: dict[str, str]) -> Path:
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     base = Path(os.environ.get(WORK_DIR_ENV) or root / ".loom" / "work")
     return base / f"{name.replace('@', '-')}-{digest}"  # the component creates it if needed
+
+
+RUN_RECORD = "mlflow-run.json"  # in a work dir: the MLflow run that last worked in it
+WORK_TTL_DAYS = 14  # a work dir untouched this long is pruned, whatever it holds
+
+
+def prune_work_dirs(
+    root: Path, stages: list[str], configs: dict[str, dict], now: float | None = None
+) -> list[tuple[Path, str]]:
+    """Remove the work dirs that can never be resumed; returns (dir, why) for each.
+
+    A failed or killed stage leaves its work dir for the next run with the same config and
+    inputs. One is stale when its stage is no longer in dvc.yaml (`stages`: every name), when
+    that stage's config is now another (`configs`: name -> current resolved config, for the
+    stages this run selected), or when nothing touched it for WORK_TTL_DAYS. A dir that a live
+    process owns is left alone. Under $LOOM_WORK_DIR (a disk that other projects' runs may
+    share) only the age rule applies.
+    """
+    shared = bool(os.environ.get(WORK_DIR_ENV))
+    base = Path(os.environ.get(WORK_DIR_ENV) or root / ".loom" / "work")
+    if not base.is_dir():
+        return []
+    now = time.time() if now is None else now
+    pruned = []
+    for work in sorted(p for p in base.iterdir() if p.is_dir()):
+        try:
+            record = json.loads((work / RUN_RECORD).read_text())
+        except (OSError, ValueError):
+            record = {}
+        stage, config = record.get("stage"), record.get("config")
+        age = now - max((p.stat().st_mtime for p in work.rglob("*")), default=work.stat().st_mtime)
+        if age > WORK_TTL_DAYS * 86400:
+            why = f"untouched for {age / 86400:.0f} days"
+        elif shared:
+            continue
+        elif stage is not None and stage not in stages:
+            why = f"stage {stage!r} is no longer in dvc.yaml"
+        elif stage in configs and config != configs[stage]:
+            why = f"the config of {stage!r} has changed since"
+        else:
+            continue
+        if workspace.work_dir_in_use(work):
+            continue
+        shutil.rmtree(work, ignore_errors=True)
+        pruned.append((work, why))
+    return pruned
+
+
+def _link_resumed_run(work: Path, run_id: str, name: str, config: dict) -> None:
+    """A work dir left with work in it by an earlier run (killed or failed) of the same
+    stage, config and inputs: tag this run as resuming that one. Then record this run as the
+    dir's latest (the pruner reads the stage and config from the record too)."""
+    import mlflow
+
+    record = work / RUN_RECORD
+    try:
+        earlier = json.loads(record.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    left = [p for p in work.iterdir() if p.name not in (RUN_RECORD, workspace.OWNER_FILE)]
+    if earlier and left:
+        mlflow.set_tag("loom.resumed_from", earlier)
+    atomic.write_json(record, {"run_id": run_id, "stage": name, "config": config})
+
+
+def _disk_full(err: BaseException, targets: dict[str, Path]) -> OSError | None:
+    """ENOSPC often carries no file name: say which outputs it hit and how much is free."""
+    if not (isinstance(err, OSError) and err.errno == errno.ENOSPC):
+        return None
+    where = err.filename or ", ".join(str(t.parent) for t in targets.values()) or "?"
+    try:
+        free = shutil.disk_usage(next(iter(targets.values())).parent).free / 2**20
+        left = f"; {free:.0f} MiB free there now"
+    except (OSError, StopIteration):
+        left = ""
+    return OSError(
+        errno.ENOSPC,
+        f"no space left on the device while writing {where}{left}; the last good outputs "
+        "are untouched, free some space and run it again",
+    )
 
 
 def _remove_work_dir(root: Path, work: Path) -> None:
@@ -248,12 +365,25 @@ KNOWN_ERRORS = (
 
 
 def main(name: str) -> int:
-    """CLI body of `loom stage NAME`: exit 0 on success, 1 with a one-line reason on failure."""
+    """CLI body of `loom stage NAME`: exit 0 on success, 1 with a one-line reason on failure,
+    128 + N on signal N (its MLflow run is then KILLED, the last good outputs kept)."""
     try:
-        root = project.find_root()
-        outcome = run_stage(root, name)
+        with interrupts.handled():
+            root = project.find_root()
+            with workspace.locked(root, f"loom stage {name}"):
+                outcome = run_stage(root, name)
+    except interrupts.Interrupted as stop:
+        print(f"loom stage {name}: interrupted by {stop.name}; outputs unchanged", file=sys.stderr)
+        return stop.exit_code
     except KNOWN_ERRORS as err:
         print(f"loom stage {name}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            print(f"loom stage {name}: error: {err.strerror}", file=sys.stderr)
+            return 1
+        traceback.print_exc()
+        print(f"loom stage {name}: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except Exception as err:
         traceback.print_exc()

@@ -6,6 +6,7 @@ selects a server. A server that does not answer fails the stage before any work.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -45,13 +47,52 @@ def artifact_root(root: Path) -> str:
     return (Path(root) / "mlflow" / "artifacts").resolve().as_uri()
 
 
+# `scheme://userinfo@`: the netloc runs to the first / ? #, userinfo to its last @ (as urlsplit).
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@")
+
+
+def redact(uri: str) -> str:
+    """`uri` fit to show: a password, or a token given alone as userinfo, becomes `***`.
+
+    "http://user:pass@host:5000/x" -> "http://user:***@host:5000/x";
+    "https://TOKEN@host" -> "https://***@host"; URIs without userinfo are returned unchanged.
+    """
+    match = _USERINFO.match(uri)
+    if match is None:
+        return uri
+    user, sep, _ = match["userinfo"].partition(":")
+    shown = f"{user}:***" if sep else "***"
+    return f"{match['scheme']}{shown}@{uri[match.end() :]}"
+
+
+def _split_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """(`url` without userinfo, its HTTP Basic `Authorization` header or {}).
+
+    urllib cannot open a URL with userinfo ("nonnumeric port"); MLflow's client (requests)
+    sends it as Basic auth, a token alone as the user name with an empty password.
+    """
+    match = _USERINFO.match(url)
+    if match is None:
+        return url, {}
+    user, _, password = match["userinfo"].partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    header = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return match["scheme"] + url[match.end() :], {"Authorization": header}
+
+
 def probe(url: str, timeout: float = 5.0) -> str | None:
     """None if GET `url` answers 200, else what went wrong (for an error message)."""
+    bare, headers = _split_userinfo(url)
+    request = urllib.request.Request(bare, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http only)
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (http only)
             return None if resp.status == 200 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as err:  # 4xx/5xx, e.g. 401 for missing or wrong credentials
+        return f"HTTP {err.code} {err.reason}"
     except (urllib.error.URLError, OSError) as err:
         return str(getattr(err, "reason", err))
+    except ValueError as err:  # http.client.InvalidURL: a malformed host or port
+        return str(err)
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -62,7 +103,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if problem is None:
         return
     raise TrackingError(
-        f"MLflow tracking server {uri} is unreachable ({problem}). Start it "
+        f"MLflow tracking server {redact(uri)} is unreachable ({problem}). Start it "
         f"(`mlflow server --host 127.0.0.1 --port 5000`) or unset MLFLOW_TRACKING_URI to use "
         f"the embedded SQLite store under mlflow/."
     )
@@ -80,8 +121,19 @@ def setup(root: Path) -> str:
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     name = experiment_name()
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(name)
+    try:
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(name)
+    except Exception as err:
+        if not uri.startswith("sqlite:"):
+            raise
+        # A damaged SQLite file surfaces as SQLAlchemy/MLflow errors that never name it.
+        db = uri.removeprefix("sqlite:///")
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+        raise TrackingError(
+            f"{db}: the MLflow store cannot be read ({reason}); move the file aside to start "
+            "a new store, or point MLFLOW_TRACKING_URI at another one"
+        ) from None
     if exp is not None:
         return exp.experiment_id
     location = artifact_root(root) if uri.startswith("sqlite:") else None
@@ -176,3 +228,51 @@ def extra_tags() -> dict[str, str]:
     if not isinstance(data, dict):
         raise TrackingError(f"${EXTRA_TAGS_ENV} is not a JSON object: {raw!r}")
     return {str(k): str(v) for k, v in data.items()}
+
+
+PID_TAG, HOST_TAG = "loom.pid", "loom.host"
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs this MLflow run: a later sweep ends it when that process is gone."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _process_gone(pid: int, started_ms: int) -> bool:
+    """Whether the process that started a run at `started_ms` is no longer alive: no such
+    pid, or a pid the kernel has since given to a process started later."""
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    return created > started_ms / 1000 + 1.0
+
+
+def end_stale_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process died without ending them (a
+    SIGKILL, a power cut). Returns their ids. Runs of other hosts are theirs to sweep."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    stale = []
+    for run in client.search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    ):
+        pid = run.data.tags.get(PID_TAG, "")
+        if not pid.isdigit() or not _process_gone(int(pid), run.info.start_time):
+            continue
+        client.set_tag(
+            run.info.run_id,
+            "loom.error",
+            f"its process (pid {pid} on {host}) died without ending the run; marked KILLED",
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+        stale.append(run.info.run_id)
+    return stale

@@ -40,6 +40,9 @@ from typing import Literal
 import regex
 from tqdm import tqdm
 
+from components.inputs import json_type, read_json
+from components.stage import StageInputError
+
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Faster spellings of GPT-2's pattern, both matching exactly the same pieces. For `regex`:
 # tiktoken's factored contractions (~13% faster; no contraction is a prefix of another).
@@ -249,23 +252,10 @@ class BpeTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> BpeTokenizer:
-        """Read what `save` wrote; raises ValueError on another format or version."""
+        """Read what `save` wrote. Every part is checked first (see `_parse_saved`): a file
+        that is not one is a `StageInputError` naming it, never a tokenizer with stray ids."""
         path = Path(directory) / FILENAME
-        data = json.loads(path.read_text(encoding="utf-8"))
-        found = (data.get("format"), data.get("version")) if isinstance(data, dict) else None
-        if found != (FORMAT, VERSION):
-            raise ValueError(
-                f"{path}: format/version {found} is not ({FORMAT!r}, {VERSION}); "
-                "re-train or re-save it with this version of Loom"
-            )
-        vocab = {i: bytes([b]) for b, i in enumerate(data["byte_ids"])}
-        ids = {b: i for i, b in vocab.items()}
-        merges = []
-        for left, right, merged in data["merges"]:
-            left, right = bytes.fromhex(left), bytes.fromhex(right)
-            vocab[merged], ids[left + right] = left + right, merged
-            merges.append((ids[left], ids[right]))
-        return cls(vocab, merges, data["special_tokens"], data["pattern"])
+        return cls(*_parse_saved(path, read_json(path)))
 
     # --- interchange formats --------------------------------------------------------------
 
@@ -527,6 +517,127 @@ def _count_words(
         for chunk in splitter.split(text)[::2] if splitter else (text,):
             counts.update(pretokenizer.findall(chunk))
     return counts
+
+
+SAVED_KEYS = ("pattern", "byte_ids", "merges", "special_tokens")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+
+
+def _parse_saved(
+    path: Path, data: object
+) -> tuple[dict[int, bytes], list[Pair], dict[str, int], str]:
+    """(vocab, merges, special_tokens, pattern) of a saved tokenizer, every part checked: the
+    format and version, the types, 256 distinct byte ids, merges of known pieces into new
+    bytes, special tokens, a pattern that compiles, and ids that are exactly 0..N-1 for the N
+    tokens. Raises `StageInputError` naming `path`, the entry and what was expected."""
+    if not isinstance(data, dict):
+        raise _bad(path, f"expected a JSON object, found {json_type(data)}")
+    found = (data.get("format"), data.get("version"))
+    if found != (FORMAT, VERSION):
+        raise _bad(
+            path,
+            f"format/version {found} is not ({FORMAT!r}, {VERSION}); "
+            "re-train or re-save it with this version of Loom",
+        )
+    missing = [key for key in SAVED_KEYS if key not in data]
+    if missing:
+        raise _bad(path, f"missing keys {missing}")
+    pattern = data["pattern"]
+    if not isinstance(pattern, str):
+        raise _bad(path, f"pattern is {json_type(pattern)}, expected a string (a regex)")
+    try:
+        regex.compile(pattern)
+    except regex.error as err:
+        raise _bad(path, f"pattern does not compile: {err}") from None
+    ids = _SavedIds(path)
+    byte_ids = _saved_array(path, "byte_ids", data["byte_ids"])
+    if len(byte_ids) != 256:
+        raise _bad(path, f"byte_ids has {len(byte_ids)} entries, expected 256 (one per byte)")
+    for b, token_id in enumerate(byte_ids):
+        ids.add(token_id, f"byte_ids[{b}]")
+    vocab = {token_id: bytes([b]) for b, token_id in enumerate(byte_ids)}
+    merges = _saved_merges(path, _saved_array(path, "merges", data["merges"]), vocab, ids)
+    specials = data["special_tokens"]
+    if not isinstance(specials, dict):
+        raise _bad(path, f"special_tokens is {json_type(specials)}, expected an object")
+    for token, token_id in specials.items():
+        if not token:
+            raise _bad(path, "special_tokens: a special token cannot be the empty string")
+        ids.add(token_id, f"special token {token!r}")
+    ids.check_dense()
+    return vocab, merges, specials, pattern
+
+
+def _saved_merges(path: Path, entries: list, vocab: dict[int, bytes], ids: _SavedIds) -> list[Pair]:
+    """Merges (id pairs) in rank order; adds each merged token to `vocab` (id -> bytes)."""
+    known = {piece: token_id for token_id, piece in vocab.items()}
+    merges: list[Pair] = []
+    for rank, entry in enumerate(entries):
+        where = f"merge {rank}"
+        if not (isinstance(entry, list) and len(entry) == 3):
+            raise _bad(
+                path, f"{where} is {_short(entry)}, expected [hex left, hex right, merged id]"
+            )
+        pieces = []
+        for side, text in zip(("left", "right"), entry[:2], strict=True):
+            if not (isinstance(text, str) and _HEX.fullmatch(text)):
+                raise _bad(path, f"{where}: {side} piece {_short(text)} is not hex bytes")
+            piece = bytes.fromhex(text)
+            if piece not in known:
+                raise _bad(path, f"{where}: {side} piece {text} is not a byte or earlier merge")
+            pieces.append(piece)
+        whole = pieces[0] + pieces[1]
+        if whole in known:
+            raise _bad(path, f"{where}: {whole.hex()} is already token {known[whole]}")
+        ids.add(entry[2], where)
+        vocab[entry[2]], known[whole] = whole, entry[2]
+        merges.append((known[pieces[0]], known[pieces[1]]))
+    return merges
+
+
+class _SavedIds:
+    """The ids of a saved tokenizer, each with the entry that holds it, so that a duplicate
+    or a gap names the entries involved."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.owners: dict[int, str] = {}
+
+    def add(self, token_id: object, where: str) -> None:
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise _bad(self.path, f"{where}: id {_short(token_id)} is not an int")
+        if token_id in self.owners:
+            owner = self.owners[token_id]
+            raise _bad(self.path, f"{where}: id {token_id} is already the id of {owner}")
+        self.owners[token_id] = where
+
+    def check_dense(self) -> None:
+        """All N ids distinct (checked by `add`) and in 0..N-1: exactly 0..N-1."""
+        n = len(self.owners)
+        outside = [i for i in self.owners if not 0 <= i < n]
+        if outside:
+            missing = sorted(set(range(n)) - self.owners.keys())
+            raise _bad(
+                self.path,
+                f"{self.owners[outside[0]]}: id {outside[0]} is outside 0..{n - 1}: the {n} "
+                f"tokens (bytes, merges, special tokens) must have ids exactly 0..{n - 1}; "
+                f"missing ids {missing[:8]}{' ...' if len(missing) > 8 else ''}",
+            )
+
+
+def _saved_array(path: Path, key: str, value: object) -> list:
+    if not isinstance(value, list):
+        raise _bad(path, f"{key} is {json_type(value)}, expected an array")
+    return value
+
+
+def _bad(path: Path, problem: str) -> StageInputError:
+    return StageInputError(f"{path}: {problem}")
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _PreTokenizer:

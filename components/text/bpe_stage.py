@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from components.config import require
+from components.inputs import open_parquet, parquet_batches
 from components.stage import Dataset, Stage, StageInputError, StageIO, StageResult
 from components.text.bpe import ENDOFTEXT, BpeTokenizer
 
@@ -61,11 +60,11 @@ def read_texts(path: Path, max_docs: int | None = None) -> Iterator[str]:
     """The `text` column of a corpus parquet file, batch by batch (bounded memory)."""
     if not path.is_file():
         raise StageInputError(f"{path}: corpus file not found")
-    parquet = pq.ParquetFile(path)
+    parquet = open_parquet(path)
     if "text" not in parquet.schema_arrow.names:
         raise StageInputError(f"{path}: no 'text' column (columns: {parquet.schema_arrow.names})")
     left = max_docs
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=["text"]):
+    for batch in parquet_batches(parquet, path, batch_size=BATCH_ROWS, columns=["text"]):
         for text in batch.column(0).to_pylist():
             if left == 0:
                 return

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from components.config import require
+from components.inputs import open_parquet, parquet_batches
 from components.stage import Dataset, Stage, StageInputError, StageIO, StageResult
 
 log = logging.getLogger(__name__)
@@ -334,10 +335,7 @@ def _read_jsonl(path: Path, name: str, config: CorpusConfig) -> Iterator[_Doc]:
 
 
 def _read_parquet(path: Path, name: str, config: CorpusConfig) -> Iterator[_Doc]:
-    try:
-        file = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as err:
-        raise StageInputError(f"{path}: not a readable Parquet file: {err}") from None
+    file = open_parquet(path)
     with file:
         schema = file.schema_arrow
         if config.text_field not in schema.names:
@@ -350,18 +348,15 @@ def _read_parquet(path: Path, name: str, config: CorpusConfig) -> Iterator[_Doc]
         use_id = config.id_field in schema.names
         columns = [config.text_field, config.id_field] if use_id else [config.text_field]
         row = 0
-        try:
-            for batch in file.iter_batches(batch_size=ROW_GROUP_DOCS, columns=columns):
-                # Bytes, not str: decoding here applies on_invalid_utf8 to invalid UTF-8.
-                texts = batch.column(0).cast(pa.large_binary()).to_pylist()
-                ids = batch.column(1).to_pylist() if use_id else [None] * len(texts)
-                for raw, source_id in zip(texts, ids, strict=True):
-                    where = f"{path} row {row}, column {config.text_field!r},"
-                    text, bad = ("", 0) if raw is None else _decode(raw, config, where)
-                    yield _Doc(f"{name}:{row if source_id is None else source_id}", text, bad)
-                    row += 1
-        except pa.ArrowException as err:
-            raise StageInputError(f"{path}: unreadable Parquet data: {err}") from None
+        for batch in parquet_batches(file, path, batch_size=ROW_GROUP_DOCS, columns=columns):
+            # Bytes, not str: decoding here applies on_invalid_utf8 to invalid UTF-8.
+            texts = batch.column(0).cast(pa.large_binary()).to_pylist()
+            ids = batch.column(1).to_pylist() if use_id else [None] * len(texts)
+            for raw, source_id in zip(texts, ids, strict=True):
+                where = f"{path} row {row}, column {config.text_field!r},"
+                text, bad = ("", 0) if raw is None else _decode(raw, config, where)
+                yield _Doc(f"{name}:{row if source_id is None else source_id}", text, bad)
+                row += 1
 
 
 READERS: dict[str, Callable[[Path, str, CorpusConfig], Iterator[_Doc]]] = {

@@ -34,10 +34,13 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from components.config import require
+from components.config import ConfigError, build, require
+from components.inputs import json_type, read_json
+from components.stage import StageInputError
 from components.text.bpe import BpeTokenizer, bytes_to_unicode
 from components.text.w2v_data import (
     AliasTable,
@@ -59,7 +62,9 @@ if TYPE_CHECKING:
 FORMAT = 1
 CHUNK = 1 << 18  # positions per streamed chunk: bounds memory of the window arrays
 CHECKPOINT = "checkpoint.safetensors"
-TRAINER = 5  # bump when the same config would draw other samples: old checkpoints then restart
+# Bump when the same config would draw other samples, or the checkpoint's layout changes
+# (6: it carries the on_metrics calls): old checkpoints then restart.
+TRAINER = 6
 
 
 class EmptyCorpusError(ValueError):
@@ -149,9 +154,11 @@ class Word2VecConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, key: str = "device") -> torch.device:
+    """The torch device for config value `name`; `ConfigError` naming `key` for "cuda" on a
+    machine without CUDA."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device = 'cuda' but torch sees no CUDA device: use 'auto' or 'cpu'")
+        raise ConfigError(key, name, "'auto' or 'cpu': torch sees no CUDA device")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -199,7 +206,9 @@ class Word2Vec:
         resume from the last finished epoch when a checkpoint made with the same data and
         config is present (the result equals an uninterrupted run). `on_metrics(step,
         {"loss", "lr", "epoch"})` is called after each streamed chunk, `step` counting corpus
-        positions trained on."""
+        positions trained on; a resumed run first replays the calls of the epochs it resumes
+        after (the checkpoint keeps them), so the caller sees an uninterrupted run's calls."""
+        device = pick_device(config.device)  # before the corpus pass, which can take long
         with ExitStack() as stack:
             if work_dir is None:
                 work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="w2v-"))
@@ -217,7 +226,7 @@ class Word2Vec:
                     f"of {corpus.n_distinct} distinct units occurs {corpus.top_count} times"
                 )
             digest = _vocab_digest(vocab)
-            trainer = _Trainer(config, vocab, corpus, work, digest, on_metrics)
+            trainer = _Trainer(config, vocab, corpus, work, digest, on_metrics, device)
             w_in, w_out, history = trainer.run()
         return cls(config, vocab, w_in, w_out, tokenizer, history)
 
@@ -327,19 +336,22 @@ class Word2Vec:
 
     @classmethod
     def load(cls, directory: str | Path) -> Word2Vec:
+        """Read what `save` wrote. Each file is checked first: a missing, truncated or
+        inconsistent one is a `StageInputError` naming it and what is wrong."""
         directory = Path(directory)
-        meta = json.loads((directory / "config.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(
-                f"{directory / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT}"
-            )
-        config = Word2VecConfig(**meta["config"])
-        raw = json.loads((directory / "vocab.json").read_text())
-        vocab = Vocabulary(raw["keys"], np.asarray(raw["counts"], dtype=np.int64))
-        tensors = load_file(directory / "model.safetensors")
+        config, history = _read_config(directory / "config.json")
+        vocab = _read_vocab(directory / "vocab.json", config.unit)
+        w_in, w_out = _read_matrices(directory / "model.safetensors", len(vocab), config.dim)
         tok_dir = directory / "tokenizer"
         tokenizer = BpeTokenizer.load(tok_dir) if tok_dir.is_dir() else None
-        return cls(config, vocab, tensors["input"], tensors["output"], tokenizer, meta["history"])
+        if tokenizer is not None and config.unit == "token" and vocab.keys:
+            low, high = min(vocab.keys), max(vocab.keys)
+            if low < 0 or high >= tokenizer.vocab_size:
+                raise StageInputError(
+                    f"{directory / 'vocab.json'}: token id {low if low < 0 else high} is "
+                    f"outside the vocabulary 0..{tokenizer.vocab_size - 1} of {tok_dir}"
+                )
+        return cls(config, vocab, w_in, w_out, tokenizer, history)
 
     def export_word2vec(self, path: str | Path, binary: bool = False) -> Path:
         """The input vectors in word2vec.c's text or binary format (gensim's
@@ -376,6 +388,83 @@ class Word2Vec:
         return "".join(table[b] for b in self.tokenizer.token_bytes(int(key)))
 
 
+def _read_config(path: Path) -> tuple[Word2VecConfig, list[float]]:
+    """The config and loss history in a saved model's `config.json`."""
+    meta = _json_object(path)
+    if meta.get("format") != FORMAT:
+        raise StageInputError(f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
+    section, history = meta.get("config"), meta.get("history")
+    if not isinstance(section, dict):
+        raise StageInputError(f"{path}: 'config' is {json_type(section)}, expected an object")
+    try:
+        config = build(Word2VecConfig, section, "config")
+    except ConfigError as err:
+        raise StageInputError(f"{path}: {err}") from None
+    if not (isinstance(history, list) and all(map(_is_number, history))):
+        raise StageInputError(f"{path}: 'history' is not an array of numbers")
+    return config, history
+
+
+def _read_vocab(path: Path, unit: str) -> Vocabulary:
+    """The vocabulary in a saved model's `vocab.json`: distinct keys (ints for token units,
+    strings for word units), one count >= 0 each."""
+    raw = _json_object(path)
+    missing = [key for key in ("unit", "keys", "counts") if key not in raw]
+    if missing:
+        raise StageInputError(f"{path}: missing keys {missing}")
+    if raw["unit"] != unit:
+        raise StageInputError(f"{path}: unit {raw['unit']!r}, but config.json says {unit!r}")
+    keys, counts = raw["keys"], raw["counts"]
+    key_type = int if unit == "token" else str
+    if not (isinstance(keys, list) and all(_is_a(k, key_type) for k in keys)):
+        raise StageInputError(f"{path}: 'keys' is not an array of {key_type.__name__}s")
+    if len(set(keys)) != len(keys):
+        raise StageInputError(f"{path}: 'keys' holds duplicates")
+    if not (isinstance(counts, list) and all(_is_a(c, int) and c >= 0 for c in counts)):
+        raise StageInputError(f"{path}: 'counts' is not an array of ints >= 0")
+    if len(counts) != len(keys):
+        raise StageInputError(f"{path}: {len(keys)} keys but {len(counts)} counts")
+    return Vocabulary(keys, np.asarray(counts, dtype=np.int64))
+
+
+def _read_matrices(path: Path, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input and output vectors in `model.safetensors`, each float [size, dim]."""
+    if not path.is_file():
+        raise StageInputError(f"{path}: file not found")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise StageInputError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {err}"
+        ) from None
+    missing = [name for name in ("input", "output") if name not in tensors]
+    if missing:
+        raise StageInputError(f"{path}: missing tensors {missing} (has {sorted(tensors)})")
+    for name in ("input", "output"):
+        tensor = tensors[name]
+        if tuple(tensor.shape) != (size, dim) or not tensor.is_floating_point():
+            raise StageInputError(
+                f"{path}: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, expected "
+                f"float [{size}, {dim}] ({size} keys in vocab.json, dim {dim} in config.json)"
+            )
+    return tensors["input"], tensors["output"]
+
+
+def _json_object(path: Path) -> dict:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise StageInputError(f"{path}: expected a JSON object, found {json_type(data)}")
+    return data
+
+
+def _is_a(value: object, kind: type) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)  # JSON true is no int
+
+
+def _is_number(value: object) -> bool:
+    return _is_a(value, int) or _is_a(value, float)
+
+
 def _in_order(pool: ThreadPoolExecutor, fn: Callable, jobs: Iterator[tuple], ahead: int):
     """`fn(*job)` for every job on `pool`, at most `ahead` submitted at once; yields the results
     in job order."""
@@ -408,13 +497,17 @@ class _Trainer:
     """The epoch loop: streams chunks, draws windows and negatives, decays the learning rate,
     checkpoints each epoch. Randomness per chunk comes from (seed, epoch, chunk), so resuming at
     an epoch boundary replays exactly what an uninterrupted run would do, and hogwild threads
-    draw what one thread would."""
+    draw what one thread would. Every `on_metrics` call is kept in `calls` and checkpointed,
+    so a resumed run replays the calls of the epochs it skips."""
 
-    def __init__(self, config, vocab, corpus, work: Path, digest: str, on_metrics) -> None:
+    def __init__(
+        self, config, vocab, corpus, work: Path, digest: str, on_metrics, device: torch.device
+    ) -> None:
         self.config, self.vocab, self.corpus, self.work = config, vocab, corpus, work
         self.digest = f"{digest}-{config.training_digest()}-t{TRAINER}"
         self.on_metrics = on_metrics or (lambda step, metrics: None)
-        self.device = pick_device(config.device)
+        self.calls: list[tuple[int, dict[str, float]]] = []  # (step, metrics) so far
+        self.device = device
         self.workers = config.workers or os.cpu_count() or 1
         # threads that each train whole chunks (1: one stream of batches)
         self.hogwild = self.workers if config.hogwild and self.device.type == "cpu" else 1
@@ -431,13 +524,15 @@ class _Trainer:
     @torch.no_grad()
     def run(self) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         cfg = self.config
-        w_in, w_out, start, history = self._resume() or self._init()
+        w_in, w_out, start, history, calls = self._resume() or self._init()
         if start:
             print(
                 f"word2vec: resuming after epoch {start} of {cfg.epochs} from "
                 f"{self.work / CHECKPOINT}",
                 file=sys.stderr,
             )
+        for step, metrics in calls:  # what the caller saw before the interruption
+            self._report(step, metrics)
         hogwild = self.hogwild
         # Hogwild threads each run whole steps: no batch is split between them.
         kernel = SgdKernel(w_in, w_out, cfg.mode, self.workers // hogwild, cfg.update_cap)
@@ -476,7 +571,7 @@ class _Trainer:
         v, d = len(self.vocab), self.config.dim
         w_in = (torch.rand(v, d, generator=gen) - 0.5) / d  # word2vec.c's initialisation
         w_out = torch.zeros(v, d)
-        return w_in.to(self.device), w_out.to(self.device), 0, []
+        return w_in.to(self.device), w_out.to(self.device), 0, [], []
 
     def _epoch(
         self, kernel: Kernel, epoch: int, total: int, bar: tqdm, pool: ThreadPoolExecutor | None
@@ -505,10 +600,14 @@ class _Trainer:
                 )
             loss_sum, examples = loss_sum + chunk_loss, examples + chunk_examples
             mean = chunk_loss / max(chunk_examples, 1)
-            self.on_metrics(done, {"loss": mean, "lr": alpha, "epoch": epoch + 1})
+            self._report(done, {"loss": mean, "lr": alpha, "epoch": epoch + 1})
             bar.update(n_ids)
             bar.set_postfix(lr=f"{alpha:.2e}", loss=f"{mean:.3f}")
         return loss_sum / max(examples, 1)
+
+    def _report(self, step: int, metrics: dict[str, float]) -> None:
+        self.calls.append((step, dict(metrics)))  # a copy: the callback may change its own
+        self.on_metrics(step, metrics)
 
     @torch.no_grad()  # in every thread alike: compiled steps are guarded on the grad mode
     def _chunk(
@@ -546,23 +645,35 @@ class _Trainer:
             "digest": self.digest,
             "epochs_done": str(epochs_done),
             "history": json.dumps(history),
+            "calls": json.dumps(self.calls),  # floats round-trip exactly through JSON
         }
         tmp = self.work / (CHECKPOINT + ".tmp")
         save_file({"input": w_in.cpu(), "output": w_out.cpu()}, tmp, metadata=meta)
         os.replace(tmp, self.work / CHECKPOINT)
 
     def _resume(self):
+        """(w_in, w_out, epochs done, history, on_metrics calls) from the checkpoint, or None
+        to start over: no checkpoint, one of another corpus or config, or an unreadable one
+        (it is derived state: a warning, then a fresh start)."""
         path = self.work / CHECKPOINT
         if not path.is_file():
             return None
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("digest") != self.digest:
-                return None  # another corpus or config: start over
-            w_in, w_out = f.get_tensor("input"), f.get_tensor("output")
-        return (
-            w_in.to(self.device), w_out.to(self.device), int(meta["epochs_done"]),
-            json.loads(meta["history"]),
-        )  # fmt: skip
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("digest") != self.digest:
+                    return None  # another corpus or config: start over
+                w_in, w_out = f.get_tensor("input"), f.get_tensor("output")
+            start, history = int(meta["epochs_done"]), json.loads(meta["history"])
+            calls = [(int(step), metrics) for step, metrics in json.loads(meta["calls"])]
+            shape = (len(self.vocab), self.config.dim)
+            if tuple(w_in.shape) != shape or tuple(w_out.shape) != shape:
+                raise ValueError(f"matrices {list(w_in.shape)}, expected {list(shape)}")
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+            print(
+                f"word2vec: warning: {path}: unreadable checkpoint (truncated or corrupt?), "
+                f"starting over: {err}",
+                file=sys.stderr,
+            )
+            return None
+        return w_in.to(self.device), w_out.to(self.device), start, history, calls

@@ -6,7 +6,9 @@ is read; each document is one sentence (windows never cross documents).
 
 Output "model": `Word2Vec.save` layout plus `vectors.bin` (word2vec.c binary) and
 `vectors.safetensors` exports. Checkpoints go to the runner's work directory after every
-epoch, so a killed run resumes at the last finished epoch.
+epoch, so a killed run resumes at the last finished epoch (and returns the whole loss curve).
+Inputs are checked before they are trusted: a damaged Parquet file, or token ids outside the
+tokenizer's vocabulary, are a `StageInputError` naming the file.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
+from components.inputs import open_parquet, parquet_batches
 from components.stage import Dataset, Stage, StageInputError, StageIO, StageResult
 from components.text.bpe import BpeTokenizer
-from components.text.word2vec import EmptyCorpusError, Word2Vec, Word2VecConfig
+from components.text.word2vec import EmptyCorpusError, Word2Vec, Word2VecConfig, pick_device
 
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")  # letters, with an inner apostrophe
 
@@ -31,34 +34,66 @@ def words(text: str, lowercase: bool = True) -> list[str]:
     return WORD.findall(text.lower() if lowercase else text)
 
 
+def _is_id_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+
+
+_COLUMN_TYPES = {
+    "ids": _is_id_list,
+    "text": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+}
+
+
 class ParquetSentences:
     """A re-iterable stream of one parquet column, one sentence per row: token-id arrays
-    (column `ids`) or word lists (column `text`), read in batches of `batch_rows`."""
+    (column `ids`) or word lists (column `text`), read in batches of `batch_rows`. With
+    `vocab_size`, every batch of ids is checked to lie in 0..vocab_size-1 (the tokenizer's)."""
 
-    def __init__(self, path: Path, column: str, lowercase: bool = True, batch_rows: int = 1024):
-        self.path, self.column, self.lowercase, self.batch_rows = (
-            path,
-            column,
-            lowercase,
-            batch_rows,
-        )
-        names = pq.ParquetFile(path).schema_arrow.names
-        if column not in names:
-            raise StageInputError(f"{path}: no column {column!r} (columns: {names})")
+    def __init__(
+        self,
+        path: Path,
+        column: str,
+        lowercase: bool = True,
+        batch_rows: int = 1024,
+        vocab_size: int | None = None,
+    ):
+        self.path, self.column, self.lowercase = path, column, lowercase
+        self.batch_rows, self.vocab_size = batch_rows, vocab_size
+        schema = open_parquet(path).schema_arrow
+        if column not in schema.names:
+            raise StageInputError(f"{path}: no column {column!r} (columns: {schema.names})")
+        found = schema.field(column).type
+        if not _COLUMN_TYPES[column](found):
+            expected = "list<int32>" if column == "ids" else "string"
+            raise StageInputError(f"{path}: column {column!r} is {found}, expected {expected}")
 
     def __call__(self) -> Iterator:
-        reader = pq.ParquetFile(self.path)
-        for batch in reader.iter_batches(batch_size=self.batch_rows, columns=[self.column]):
+        reader = open_parquet(self.path)
+        options = {"batch_size": self.batch_rows, "columns": [self.column]}
+        for batch in parquet_batches(reader, self.path, **options):
             col = batch.column(0)
             if self.column == "ids":
                 values = col.values.to_numpy(zero_copy_only=False)
+                self._check_ids(values)
                 offsets = col.offsets.to_numpy()
                 yield from np.split(values, offsets[1:-1] - offsets[0])
             else:
                 yield from (words(t or "", self.lowercase) for t in col.to_pylist())
 
+    def _check_ids(self, values: np.ndarray) -> None:
+        # the trainer indexes its tables with these ids: a stray one must stop here
+        if self.vocab_size is None or not len(values):
+            return
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= self.vocab_size:
+            raise StageInputError(
+                f"{self.path}: token id {low if low < 0 else high} is outside the tokenizer's "
+                f"vocabulary 0..{self.vocab_size - 1} (tokens made with another tokenizer?)"
+            )
+
 
 def _run(config: Word2VecConfig, io: StageIO) -> StageResult:
+    pick_device(config.device, key="word2vec.device")  # before any input is read
     if config.unit == "token":
         source, column = io.inputs["tokens"] / "train.parquet", "ids"
         tokenizer = BpeTokenizer.load(io.inputs["tokenizer"])
@@ -66,7 +101,8 @@ def _run(config: Word2VecConfig, io: StageIO) -> StageResult:
         source, column, tokenizer = io.inputs["corpus"] / "train.parquet", "text", None
     if not source.is_file():
         raise StageInputError(f"{source}: training data not found")
-    sentences = ParquetSentences(source, column, config.lowercase)
+    vocab_size = tokenizer.vocab_size if tokenizer is not None else None
+    sentences = ParquetSentences(source, column, config.lowercase, vocab_size=vocab_size)
 
     curve: list[tuple[int, float]] = []
     started = time.perf_counter()

@@ -12,9 +12,11 @@ weights, optimizer, schedule, EMA, every RNG (per rank) and the data position, s
 the run sees the same batches and random draws as an uninterrupted run. (Random draws inside
 `Dataset.__getitem__` are exact with `num_workers: 0`; worker processes are seeded per epoch,
 so theirs are not reproduced after a mid-epoch resume.) A checkpoint is also written at the
-last step, so calling `train` again on a finished run returns at once. A checkpoint that does
-not fit (parameter names or shapes, batch_size, dataset size, EMA) raises `CheckpointError`
-naming the file.
+last step, so calling `train` again on a finished run returns at once. Each checkpoint also
+holds every metrics report so far, which a resumed run first replays through `on_metrics` (and
+into `TrainResult.metrics`): the caller sees the calls of an uninterrupted run. A checkpoint
+that does not fit (parameter names or shapes, batch_size, dataset size, EMA) raises
+`CheckpointError` naming the file.
 
 Validation runs under a fixed seed (`rng.isolated`): its random draws (diffusion noise, say)
 repeat at every evaluation and leave the training stream untouched.
@@ -132,6 +134,7 @@ class _Run:
             task.train_data, plan, self.collate, config.num_workers, device.type == "cuda"
         )
         self.step, self.metrics = 0, {}
+        self.reports: list[tuple[int, dict[str, float]]] = []  # (step, report) so far
         self.sums: dict[str, Tensor] = {}  # train metrics since the last report
         self.since_report = 0
         saved = self._load_latest()  # (path, state) or None
@@ -148,6 +151,8 @@ class _Run:
     def run(self) -> TrainResult:
         bar_on = self.env.is_main and self.config.progress
         bar = tqdm(total=self.config.steps, initial=self.step, desc="train", disable=not bar_on)
+        for step, report in self.reports:  # those of the checkpoint resumed from, if any
+            self._publish(step, report)
         with bar:
             while self.step < self.config.steps:
                 for key, value in self._train_step().items():
@@ -155,15 +160,21 @@ class _Run:
                 self.step, self.since_report = self.step + 1, self.since_report + 1
                 bar.update(1)
                 report = self._report()
+                if report:
+                    self.reports.append((self.step, report))
                 if self.checkpoint_dir is not None and self._due(self.config.checkpoint_every):
                     self._save()
-                self.metrics |= report
-                if report and self.env.is_main:
-                    bar.set_postfix(loss=f"{report.get('train/loss', math.nan):.4g}")
-                    if self.on_metrics is not None:  # after the checkpoint: the step is durable
-                        self.on_metrics(self.step, report)
+                if report:  # after the checkpoint: the step is durable
+                    self._publish(self.step, report)
+                    if self.env.is_main:
+                        bar.set_postfix(loss=f"{report.get('train/loss', math.nan):.4g}")
         ema = self.ema.model if self.ema else None
         return TrainResult(self.model, ema, self.step, self.metrics, self.resumed_from)
+
+    def _publish(self, step: int, report: dict[str, float]) -> None:
+        self.metrics |= report
+        if self.env.is_main and self.on_metrics is not None:
+            self.on_metrics(step, dict(report))  # a copy: the checkpoint keeps the original
 
     def _report(self) -> dict[str, float]:
         """Train metrics when a report is due (collective), validation metrics when due."""
@@ -278,6 +289,7 @@ class _Run:
                 "rng": states,
                 "config": to_dict(self.config),
                 "data_size": len(self.task.train_data),
+                "reports": [[step, report] for step, report in self.reports],
             }
             checkpoint.save(checkpoint.path_for(self.checkpoint_dir, self.step), state)
             checkpoint.prune(self.checkpoint_dir, self.config.keep_checkpoints)
@@ -310,6 +322,8 @@ class _Run:
         self.schedule.load_state_dict(state["scheduler"])
         self.batches.position = Position(state["epoch"], state["index"])
         self.step = state["step"]
+        # absent from checkpoints written before reports were kept: replay nothing then
+        self.reports = [(step, report) for step, report in state.get("reports", [])]
         if self.env.is_main:
             log.info("resuming from %s (step %d)", path, self.step)
         return path, state

@@ -42,3 +42,40 @@ def test_stale_scratch_of_a_killed_run_is_cleaned(tmp_path):
     with atomic.staged_outputs({"t": target}) as scratch:
         scratch["t"].write_text("done")
     assert not stale.exists() and target.read_text() == "done"
+
+
+def test_scratch_of_a_live_process_is_left_alone(tmp_path):
+    """Two runs in one workspace: cleaning must not pull a live run's scratch from under it."""
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        target = tmp_path / "tok"
+        theirs = tmp_path / f"{atomic.SCRATCH_PREFIX}{live.pid}-tok"
+        theirs.mkdir()
+        with atomic.staged_outputs({"t": target}) as scratch:
+            scratch["t"].write_text("mine")
+        assert theirs.is_dir() and target.read_text() == "mine"
+    finally:
+        live.kill()
+        live.wait()
+    with atomic.staged_outputs({"t": target}) as scratch:  # now its process is gone
+        scratch["t"].write_text("again")
+    assert not theirs.exists()
+
+
+def test_an_unwritable_output_location_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the outputs' directory should be")
+    worked = []
+    with pytest.raises(atomic.OutputError, match=f"{blocker}: cannot write outputs there"):
+        with atomic.staged_outputs({"t": blocker / "tok"}):
+            worked.append(True)
+    assert not worked and blocker.read_text().startswith("a file")
+
+
+def test_write_text_leaves_no_temp_file_on_failure(tmp_path):
+    with pytest.raises(TypeError):
+        atomic.write_text(tmp_path / "m.json", None)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []

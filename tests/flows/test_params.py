@@ -63,3 +63,58 @@ def test_overlay_file_becomes_overrides(tmp_path):
     params.apply_overrides(tmp_path, found)
     assert params.load(tmp_path)["loom"]["stage_retries"] == {"bpe": 2}
     assert params.load(tmp_path)["bpe"]["small"] == {"vocab_size": 32000, "specials": ["a"]}
+
+
+def test_missing_overlay_is_named_as_an_overlay(tmp_path, monkeypatch):
+    """`loom run -P params.gpu2.yaml` (a typo) names the overlay, not params.yaml."""
+    write(tmp_path, "bpe:\n  small: {vocab_size: 300}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(params.ParamsError) as info:
+        params.overlay_overrides(tmp_path, "params.gpu2.yaml")
+    assert str(info.value) == "params.gpu2.yaml: params overlay (-P) not found"
+    with pytest.raises(params.ParamsError, match="params overlay"):
+        params.overlay_overrides(tmp_path, tmp_path)  # a directory
+
+
+PARAMS_TEXT = """\
+# Loom params: comments, quotes and nulls are what a person wrote
+bpe:
+  small:
+    vocab_size: 1024   # tokens
+    special_tokens: ["<|endoftext|>"]
+stdlib_text:
+  max_docs: null
+  name: 'quoted'
+"""
+
+
+def sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_set_value_keeps_comments_quotes_and_nulls(tmp_path):
+    write(tmp_path, PARAMS_TEXT)
+    params.apply_overrides(tmp_path, ["bpe.small.vocab_size=2048"])
+    assert (tmp_path / "params.yaml").read_text() == PARAMS_TEXT.replace("1024 ", "2048 ")
+    params.apply_overrides(tmp_path, ["bpe.small.vocab_size=null"])
+    assert "    vocab_size: null   # tokens\n" in (tmp_path / "params.yaml").read_text()
+
+
+def test_a_rejected_value_leaves_the_file_byte_identical(tmp_path):
+    """The merged params are checked before anything is written (here: a checker that
+    rejects them, as the pipeline's does for `vocab_size: abc`)."""
+    write(tmp_path, PARAMS_TEXT)
+    before = sha256(tmp_path / "params.yaml")
+    seen = []
+
+    def check(text):
+        seen.append(text)
+        raise params.ParamsError("params.yaml: bpe.small.vocab_size = 'abc': expected int")
+
+    with pytest.raises(params.ParamsError, match="expected int"):
+        params.apply_overrides(tmp_path, ["bpe.small.vocab_size=abc"], check=check)
+    assert "vocab_size: abc" in seen[0]
+    assert sha256(tmp_path / "params.yaml") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no temp file left

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from flows import cli
-from tests.conftest import ALL_STAGES, dvc, make_project
+from tests.conftest import ALL_STAGES, REPO, dvc, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -146,8 +146,11 @@ def test_failure_stops_downstream_and_keeps_outputs(project, prefect_server, exp
 FLAKY_STAGE = """
   flaky:
     cmd: >-
-      test -f attempted || { touch attempted; echo "flaky: error: transient"; exit 1; };
-      echo ok > flaky.txt
+      python -c "import pathlib, sys; tried = pathlib.Path('attempted');
+      first = not tried.exists(); tried.touch();
+      first and print('flaky: error: transient');
+      first or pathlib.Path('flaky.txt').write_text('ok');
+      sys.exit(1 if first else 0)"
     outs:
       - flaky.txt
 """
@@ -216,3 +219,82 @@ def test_every_stage_run_carries_lineage(tmp_path, prefect_server, experiment, c
         assert cli.main(["runs", "--last", str(len(ALL_STAGES))]) == 0
     listed = capsys.readouterr().out.splitlines()[2:]
     assert {line.split()[0] for line in listed} == {r.info.run_id for r in stages.values()}
+
+
+INJECTED = (
+    '{"small": {"vocab_size": 300}, "large": {"vocab_size": 420}, '
+    '"x;echo PWNED>pwned.txt;#": {"vocab_size": 300}}'
+)
+
+
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_params_key_cannot_inject_a_command(project, prefect_server, experiment, capsys):
+    """`-S` (and a deployment's `overrides`) can set foreach keys, which end up in stage
+    commands: a key that is not a plain identifier is refused before anything runs."""
+    before = sha256(project / "params.yaml")
+    rc, out, err = loom_run(project, capsys, "-S", f"bpe={INJECTED}", "bpe")
+    assert rc == 1
+    assert "foreach/matrix key 'x;echo PWNED>pwned.txt;#'" in err and "not a plain" in err
+    assert not (project / "pwned.txt").exists()
+    assert sha256(project / "params.yaml") == before
+    # A deployment run passes the same through the flow's `overrides` parameter.
+    from flows import pipeline
+    from flows import project as project_module
+
+    with pytest.raises(project_module.ProjectError, match="not a plain identifier"):
+        pipeline.pipeline(root=str(project), targets=["bpe"], overrides=[f"bpe={INJECTED}"])
+    assert not (project / "pwned.txt").exists()
+    assert sha256(project / "params.yaml") == before
+    # Written into params.yaml by hand, `loom stage` (what `dvc repro` runs) refuses it too.
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["bpe"] = yaml.safe_load(INJECTED)
+    (project / "params.yaml").write_text(yaml.safe_dump(data))
+    with contextlib.chdir(project):
+        assert cli.main(["stage", "bpe@small"]) == 1
+    assert "not a plain identifier" in capsys.readouterr().err
+
+
+def test_stage_commands_run_without_a_shell(project, prefect_server, experiment, capsys):
+    from flows import pipeline
+    from flows import project as project_module
+
+    spec = project_module.StageSpec("s", "", project, None, None)
+    assert pipeline.command_argv(spec, "loom stage bpe@small") == ["loom", "stage", "bpe@small"]
+    assert pipeline.command_argv(spec, "python -c 'a; b'") == ["python", "-c", "a; b"]
+    for cmd in ("loom stage x;echo hi", "a && b", "a | b", "a > f", "echo $HOME", "a `b`", "#"):
+        with pytest.raises(project_module.ProjectError, match="without a shell"):
+            pipeline.command_argv(spec, cmd)
+    # In a real run: a stage whose cmd needs a shell fails with that message, nothing runs.
+    with (project / "dvc.yaml").open("a") as f:
+        f.write("\n  shelly:\n    cmd: touch shelled.txt && echo done\n    outs:\n      - x.txt\n")
+    rc, out, err = loom_run(project, capsys, "shelly")
+    assert rc == 1 and "without a shell" in err and not (project / "shelled.txt").exists()
+
+
+def test_a_rejected_value_leaves_params_yaml_byte_identical(
+    project, prefect_server, experiment, capsys
+):
+    (project / "params.yaml").write_text(
+        (REPO / "params.yaml")
+        .read_text()  # the real file: comments, nulls, quoting
+        .replace("vocab_size: 1024", "vocab_size: 300")
+        .replace("vocab_size: 4096", "vocab_size: 420")
+    )
+    before = sha256(project / "params.yaml")
+    for bad in ("bpe.small.vocab_size=abc", "word2vec.mode=glove", "loom.retries=-1"):
+        rc, out, err = loom_run(project, capsys, "-S", bad)
+        assert rc == 1, bad
+        assert bad.split("=")[0].split(".", 1)[1] in err.splitlines()[-1], err
+        assert sha256(project / "params.yaml") == before, bad
+    # A good value changes that value and nothing else of the file.
+    text = (project / "params.yaml").read_text()
+    rc, out, err = loom_run(project, capsys, "-S", "bpe.small.vocab_size=301", "bpe@small")
+    assert rc == 0, err
+    assert (project / "params.yaml").read_text() == text.replace(
+        "vocab_size: 300", "vocab_size: 301", 1
+    )

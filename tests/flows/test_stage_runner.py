@@ -4,6 +4,7 @@ outputs left exactly as they were."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -155,12 +156,129 @@ def test_killed_training_resumes_from_its_last_epoch_checkpoint(project, experim
     proc.wait()
     (checkpoint,) = work.glob("word2vec-small-*/checkpoint.safetensors")
 
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    (killed,) = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+
     resumed = loom(project, "stage", "word2vec@small")
     assert resumed.returncode == 0, resumed.stderr
     assert "word2vec: resuming after epoch" in resumed.stderr
     assert not checkpoint.parent.exists(), "the work dir outlived a successful stage"
     resumed_model = model.read_bytes()
+    plots = project / "plots" / "word2vec_small.json"
+    resumed_plots = plots.read_bytes()
+    # The killed run no longer looks alive; the resumed one says which run it continues.
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    resumed_run = client.get_run(resumed.stdout.split("(mlflow run ")[1].split(")")[0])
+    assert resumed_run.data.tags["loom.resumed_from"] == killed.info.run_id
 
     fresh = loom(project, "stage", "word2vec@small")  # no checkpoint left: from scratch
     assert fresh.returncode == 0 and "resuming" not in fresh.stderr
     assert model.read_bytes() == resumed_model
+    # The whole loss curve, not only the points after the resume: in the DVC plots file
+    # (byte for byte, so `dvc status` sees nothing modified) and in MLflow (steps and values).
+    assert plots.read_bytes() == resumed_plots
+    fresh_run = client.get_run(fresh.stdout.split("(mlflow run ")[1].split(")")[0])
+    assert "loom.resumed_from" not in fresh_run.data.tags
+
+    def history(run):
+        points = client.get_metric_history(run.info.run_id, "loss")
+        return sorted((m.step, m.value) for m in points)
+
+    assert len(history(fresh_run)) >= 12 and history(resumed_run) == history(fresh_run)
+
+
+def test_a_work_dir_in_use_by_another_process_is_not_shared(project, experiment, tmp_path):
+    """Two workspaces whose runs share one work disk ($LOOM_WORK_DIR, as on a worker): the
+    second run of the same stage, config and inputs fails at once instead of resuming from
+    the first one's live checkpoint."""
+    from components.config import to_dict
+    from flows import project as project_module
+    from flows import stage_runner
+    from tests.flows.test_workspace import hold
+
+    shared = tmp_path / "work"
+    spec, _, config = stage_runner.prepare(project, "word2vec@small")
+    deps = project_module.digests(project, spec.deps)
+    os.environ[stage_runner.WORK_DIR_ENV] = str(shared)
+    try:
+        work = stage_runner.work_dir(project, "word2vec@small", to_dict(config), deps)
+        holder = hold("work", work)
+        try:
+            fails(project, "word2vec@small", str(work), f"in use by pid {holder.pid}")
+        finally:
+            holder.kill()
+            holder.wait()
+    finally:
+        del os.environ[stage_runner.WORK_DIR_ENV]
+
+
+def test_stale_work_dirs_are_pruned_and_reported(tmp_path, monkeypatch):
+    from flows import stage_runner, workspace
+
+    monkeypatch.delenv(stage_runner.WORK_DIR_ENV, raising=False)
+    base = tmp_path / ".loom" / "work"
+
+    def work(name: str, stage: str, config: dict, age_days: float = 0) -> Path:
+        d = base / name
+        d.mkdir(parents=True)
+        record = d / stage_runner.RUN_RECORD
+        record.write_text(json.dumps({"run_id": "r", "stage": stage, "config": config}))
+        stamp = time.time() - age_days * 86400
+        os.utime(record, (stamp, stamp))
+        return d
+
+    keep = work("w2v-a", "word2vec@small", {"dim": 16})
+    other_config = work("w2v-b", "word2vec@small", {"dim": 8})
+    gone = work("old-x", "bpe@tiny", {})
+    stale = work("c-d", "corpus", {"k": 1}, age_days=30)
+    unselected = work("e-f", "bpe@large", {"v": 1})  # not in this run's selection: keep
+    busy = work("w2v-c", "word2vec@small", {"dim": 4})
+    stages = ["corpus", "word2vec@small", "bpe@large"]
+    with workspace.work_dir_locked(busy, "loom stage word2vec@small"):
+        pruned = stage_runner.prune_work_dirs(tmp_path, stages, {"word2vec@small": {"dim": 16}})
+    reasons = {p.name: why for p, why in pruned}
+    assert reasons == {
+        "w2v-b": "the config of 'word2vec@small' has changed since",
+        "old-x": "stage 'bpe@tiny' is no longer in dvc.yaml",
+        "c-d": "untouched for 30 days",
+    }
+    assert keep.is_dir() and unselected.is_dir() and busy.is_dir()
+    assert not (other_config.exists() or gone.exists() or stale.exists())
+    # On a shared work disk, only age counts: other projects' stages are not ours to judge.
+    monkeypatch.setenv(stage_runner.WORK_DIR_ENV, str(base))
+    assert stage_runner.prune_work_dirs(tmp_path, [], {}) == []
+
+
+def test_disk_full_names_where_it_happened(tmp_path):
+    import errno
+
+    from flows import stage_runner
+
+    targets = {"model": tmp_path / "data" / "word2vec" / "small"}
+    targets["model"].parent.mkdir(parents=True)
+    err = stage_runner._disk_full(OSError(errno.ENOSPC, "No space left on device"), targets)
+    assert err is not None and err.errno == errno.ENOSPC
+    assert str(targets["model"].parent) in err.strerror and "MiB free" in err.strerror
+    assert stage_runner._disk_full(OSError(errno.EACCES, "denied"), targets) is None
+
+
+def test_a_corrupted_mlflow_store_is_named(project, monkeypatch, tmp_path):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    fails(project, "corpus", str(db), "cannot be read")
+
+
+def test_an_unwritable_output_directory_fails_before_the_work(project, experiment):
+    """(As root, permissions do not stop a write: a file where the directory should be does.)"""
+    import shutil
+
+    shutil.rmtree(project / "metrics")
+    (project / "metrics").write_text("not a directory")
+    res = loom(project, "stage", "corpus")
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert "metrics: cannot write outputs there" in last, res.stderr
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert client.get_experiment_by_name(experiment) is None  # failed before any tracking

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 from tokenizers import Tokenizer
 
+from components.stage import StageInputError
 from components.text import bpe
 from components.text.bpe import ENDOFTEXT, GPT2_PATTERN, BpeTokenizer, MergeTrainer
 
@@ -160,6 +161,144 @@ def test_load_rejects_other_format_or_version(trained, tmp_path, change, message
     data = json.loads(path.read_text()) | change
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message):
+        BpeTokenizer.load(tmp_path)
+
+
+# ---- a saved file is checked before it is trusted
+
+
+@pytest.fixture(scope="module")
+def saved_1024(tmp_path_factory) -> dict:
+    """The JSON of a saved 1,024-token tokenizer: 256 bytes, 767 merges, <|endoftext|>."""
+    tok = BpeTokenizer.train(TRAIN_TEXTS[:60], vocab_size=1024, special_tokens=[ENDOFTEXT])
+    data = json.loads(tok.save(tmp_path_factory.mktemp("saved")).read_text())
+    assert tok.vocab_size == 1024 and data["special_tokens"] == {ENDOFTEXT: 1023}
+    return data
+
+
+def _set(keys: tuple, value):
+    def change(data: dict) -> None:
+        *path, last = keys
+        for key in path:
+            data = data[key]
+        data[last] = value
+
+    return change
+
+
+def _drop(key: str):
+    return lambda data: data.pop(key)
+
+
+BAD_SAVES = {
+    "merged id outside the vocab": (
+        _set(("merges", 17, 2), 99999),
+        "merge 17: id 99999 is outside 0..1023: the 1024 tokens (bytes, merges, special "
+        "tokens) must have ids exactly 0..1023; missing ids [273]",
+    ),
+    "gap in the ids": (
+        _set(("special_tokens", ENDOFTEXT), 1024),
+        "special token '<|endoftext|>': id 1024 is outside 0..1023",
+    ),
+    "duplicate merged id": (
+        _set(("merges", 3, 2), 65),
+        "merge 3: id 65 is already the id of byte_ids[65]",
+    ),
+    "duplicate special id": (
+        _set(("special_tokens", ENDOFTEXT), 300),
+        "special token '<|endoftext|>': id 300 is already the id of merge 44",
+    ),
+    "duplicate byte id": (
+        _set(("byte_ids", 1), 0),
+        "byte_ids[1]: id 0 is already the id of byte_ids[0]",
+    ),
+    "negative id": (_set(("merges", 0, 2), -1), "merge 0: id -1 is outside 0..1023"),
+    "bad hex": (_set(("merges", 5, 0), "zz"), "merge 5: left piece 'zz' is not hex bytes"),
+    "odd hex": (_set(("merges", 5, 1), "616"), "merge 5: right piece '616' is not hex bytes"),
+    "spaced hex": (_set(("merges", 5, 1), "61 62"), "merge 5: right piece '61 62' is not hex"),
+    "unknown piece": (
+        _set(("merges", 0, 0), "e282ac"),
+        "merge 0: left piece e282ac is not a byte or earlier merge",
+    ),
+    "merge entry not a triple": (
+        _set(("merges", 2), ["61", "62"]),
+        "merge 2 is ['61', '62'], expected [hex left, hex right, merged id]",
+    ),
+    "merged id not an int": (_set(("merges", 2, 2), "258"), "merge 2: id '258' is not an int"),
+    "merged id a boolean": (_set(("merges", 2, 2), True), "merge 2: id True is not an int"),
+    "255 byte ids": (
+        lambda data: data["byte_ids"].pop(),
+        "byte_ids has 255 entries, expected 256 (one per byte)",
+    ),
+    "byte id a float": (_set(("byte_ids", 7), 7.0), "byte_ids[7]: id 7.0 is not an int"),
+    "merges not an array": (_set(("merges",), {}), "merges is object, expected an array"),
+    "specials not an object": (
+        _set(("special_tokens",), [ENDOFTEXT]),
+        "special_tokens is array, expected an object",
+    ),
+    "empty special token": (
+        _set(("special_tokens", ""), 1024),
+        "special_tokens: a special token cannot be the empty string",
+    ),
+    "missing key": (_drop("merges"), "missing keys ['merges']"),
+    "pattern not a string": (_set(("pattern",), 5), "pattern is number, expected a string"),
+    "pattern that does not compile": (_set(("pattern",), "(a"), "pattern does not compile"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SAVES))
+def test_load_names_the_file_and_the_problem(saved_1024, tmp_path, case):
+    change, problem = BAD_SAVES[case]
+    data = json.loads(json.dumps(saved_1024))
+    change(data)
+    path = tmp_path / bpe.FILENAME
+    path.write_text(json.dumps(data))
+    with pytest.raises(StageInputError) as err:
+        BpeTokenizer.load(tmp_path)
+    assert str(err.value).startswith(f"{path}: "), err.value
+    assert problem in str(err.value), err.value
+
+
+def test_merge_that_spells_a_token_again_is_named(saved_1024, tmp_path):
+    data = json.loads(json.dumps(saved_1024))
+    left, right, merged = data["merges"][0]
+    data["merges"].append([left, right, 1024])
+    (tmp_path / bpe.FILENAME).write_text(json.dumps(data))
+    with pytest.raises(
+        StageInputError, match=f"merge 767: {left}{right} is already token {merged}$"
+    ):
+        BpeTokenizer.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "file not found"),
+        ("", "truncated or malformed JSON at line 1 column 1: Expecting value"),
+        (
+            '{"format": "loom-bpe", "version": 1, "merges": [["61", "6',
+            "truncated or malformed JSON at line 1 column 56",
+        ),
+        ("[1, 2, 3]", "expected a JSON object, found array"),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+    ],
+)
+def test_unreadable_file_is_named(tmp_path, content, problem):
+    path = tmp_path / bpe.FILENAME
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(StageInputError) as err:
+        BpeTokenizer.load(tmp_path)
+    assert str(err.value).startswith(f"{path}: ") and problem in str(err.value), err.value
+
+
+def test_truncated_save_is_named_with_line_and_column(trained, tmp_path):
+    path = trained.save(tmp_path)
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(StageInputError, match=r"truncated or malformed JSON at line 1 column \d+"):
         BpeTokenizer.load(tmp_path)
 
 

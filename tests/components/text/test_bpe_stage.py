@@ -13,6 +13,7 @@ from components.config import ConfigError, build
 from components.stage import StageInputError, StageIO
 from components.text.bpe import ENDOFTEXT, BpeTokenizer
 from components.text.bpe_stage import STAGE, BpeStageConfig, _subsample
+from tests.components.bad_parquet import corrupt_copy, truncated_copy
 
 DOCS = [topics[name] for name in sorted(topics)][:30]
 
@@ -90,6 +91,17 @@ def test_bad_corpus_is_a_stage_input_error(tmp_path, texts, message):
     with pytest.raises(StageInputError, match=message):
         run(tmp_path / "corpus", tmp_path / "tok")
     assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("damage", [truncated_copy, corrupt_copy])
+def test_damaged_corpus_parquet_is_named(tmp_path, damage):
+    good = tmp_path / "good.parquet"
+    table = pa.table({"doc_id": [str(i) for i in range(30)], "text": DOCS})
+    pq.write_table(table, good, row_group_size=10)
+    bad = damage(good, tmp_path / "corpus" / "train.parquet")
+    with pytest.raises(StageInputError) as err:
+        run(tmp_path / "corpus", tmp_path / "tok")
+    assert str(err.value).startswith(f"{bad}: not a readable Parquet file (truncated or corrupt?)")
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from components.text.corpus import (
     normalize_text,
     resolve_sources,
 )
+from tests.components.bad_parquet import corrupt_copy, truncated_copy
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -326,6 +327,17 @@ def test_empty_parquet_is_an_error(tmp_path):
     pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
     with pytest.raises(StageInputError, match="zero documents remained"):
         corpus(tmp_path, [path])
+
+
+@pytest.mark.parametrize("damage", [truncated_copy, corrupt_copy])
+def test_damaged_parquet_is_named(tmp_path, damage):
+    good = tmp_path / "good.parquet"
+    texts = [f"document {i}: " + "words " * i for i in range(40)]
+    pq.write_table(pa.table({"text": texts}), good, row_group_size=10)
+    bad = damage(good, tmp_path / "src" / "c.parquet")
+    with pytest.raises(StageInputError) as err:
+        corpus(tmp_path, [bad])
+    assert str(err.value).startswith(f"{bad}: not a readable Parquet file (truncated or corrupt?)")
 
 
 def test_no_paths_is_an_error(tmp_path):

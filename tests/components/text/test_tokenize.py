@@ -1,3 +1,5 @@
+import json
+import shutil
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -10,6 +12,7 @@ from components.config import ConfigError, build
 from components.stage import StageInputError, StageIO
 from components.text.bpe import ENDOFTEXT, BpeTokenizer
 from components.text.tokenize import STAGE, TokenizeConfig
+from tests.components.bad_parquet import corrupt_copy, truncated_copy
 
 DOCS = [topics[name] for name in sorted(topics)][:12]
 TRAIN = [*DOCS[:8], f"a literal {ENDOFTEXT} stays text", "", "日本語 🤖"]
@@ -109,6 +112,52 @@ def test_missing_column_is_a_stage_input_error(tmp_path, tokenizer_dir):
     (tmp_path / "corpus").mkdir()
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "corpus" / "train.parquet")
     with pytest.raises(StageInputError, match=r"missing columns \['doc_id'\]"):
+        run(tmp_path / "corpus", tokenizer_dir, tmp_path / "tokens")
+
+
+def test_tokenizer_with_an_id_outside_its_vocab_fails_naming_it(corpus, tokenizer_dir, tmp_path):
+    bad = tmp_path / "bad-tokenizer"
+    shutil.copytree(tokenizer_dir, bad)
+    data = json.loads((bad / "tokenizer.json").read_text())
+    data["merges"][17][2] = 99999  # was accepted, and ids >= vocab_size were written
+    (bad / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(StageInputError) as err:
+        run(corpus, bad, tmp_path / "tokens")
+    message = str(err.value)
+    assert message.startswith(f"{bad / 'tokenizer.json'}: merge 17: id 99999 is outside 0..499")
+    assert not (tmp_path / "tokens").exists()
+
+
+def test_ids_outside_the_vocab_are_never_written(corpus, tokenizer_dir, tmp_path, monkeypatch):
+    encode = BpeTokenizer.encode_ordinary
+    monkeypatch.setattr(
+        BpeTokenizer, "encode_ordinary", lambda self, text: encode(self, text) + [500]
+    )
+    with pytest.raises(StageInputError) as err:
+        run(corpus, tokenizer_dir, tmp_path / "tokens", batch_size=4)
+    assert str(err.value) == (
+        f"{tokenizer_dir / 'tokenizer.json'}: encoding {corpus / 'train.parquet'} gave token id "
+        "500, outside the tokenizer's vocabulary 0..499"
+    )
+    assert pq.read_metadata(tmp_path / "tokens" / "train.parquet").num_rows == 0
+
+
+@pytest.mark.parametrize("damage", [truncated_copy, corrupt_copy])
+def test_damaged_corpus_parquet_is_named(tmp_path, tokenizer_dir, damage):
+    good = tmp_path / "train.parquet"
+    table = pa.table({"doc_id": [str(i) for i in range(40)], "text": (DOCS * 4)[:40]})
+    pq.write_table(table, good, row_group_size=10)  # the corrupt copy breaks the last group
+    (tmp_path / "corpus").mkdir()
+    bad = damage(good, tmp_path / "corpus" / "train.parquet")
+    with pytest.raises(StageInputError) as err:
+        run(tmp_path / "corpus", tokenizer_dir, tmp_path / "tokens", batch_size=10)
+    assert str(err.value).startswith(f"{bad}: not a readable Parquet file (truncated or corrupt?)")
+
+
+def test_text_column_of_another_type_is_named(tmp_path, tokenizer_dir):
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.table({"doc_id": ["a"], "text": [5]}), tmp_path / "corpus" / "train.parquet")
+    with pytest.raises(StageInputError, match=r"train\.parquet: column 'text' is int64, expected"):
         run(tmp_path / "corpus", tokenizer_dir, tmp_path / "tokens")
 
 

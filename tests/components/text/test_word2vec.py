@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -16,8 +17,10 @@ import pytest
 import torch
 from gensim.models import KeyedVectors
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from components.config import ConfigError
+from components.stage import StageInputError
 from components.text import word2vec
 from components.text.bpe import ENDOFTEXT, BpeTokenizer, bytes_to_unicode
 from components.text.word2vec import (
@@ -226,6 +229,88 @@ def test_load_rejects_another_format(word_model, tmp_path):
         Word2Vec.load(out)
 
 
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def truncate(path: Path, keep: int = 60) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def wrong_shape(path: Path) -> None:
+    with safe_open(path, "pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    tensors["output"] = tensors["output"][:, :-1].contiguous()
+    save_file(tensors, path)
+
+
+@pytest.mark.parametrize(
+    "name, damage, problem",
+    [
+        ("config.json", lambda p: p.unlink(), "file not found"),
+        ("config.json", truncate, "truncated or malformed JSON at line 5 column 5"),
+        ("config.json", lambda p: p.write_text("[1, 2]"), "expected a JSON object, found array"),
+        ("config.json", lambda p: edit_json(p, lambda d: d["config"].update(dim="16")),
+         "config.dim = '16': expected int"),
+        ("config.json", lambda p: edit_json(p, lambda d: d.update(history="low")),
+         "'history' is not an array of numbers"),
+        ("vocab.json", truncate, "truncated or malformed JSON"),
+        ("vocab.json", lambda p: edit_json(p, lambda d: d["counts"].pop()),
+         "16 keys but 15 counts"),
+        ("vocab.json", lambda p: edit_json(p, lambda d: d.pop("keys")), "missing keys ['keys']"),
+        ("vocab.json", lambda p: edit_json(p, lambda d: d.update(unit="token")),
+         "unit 'token', but config.json says 'word'"),
+        ("vocab.json", lambda p: edit_json(p, lambda d: d["keys"].__setitem__(1, d["keys"][0])),
+         "'keys' holds duplicates"),
+        ("model.safetensors", lambda p: p.unlink(), "file not found"),
+        ("model.safetensors", truncate, "not a readable safetensors file (truncated or corrupt?)"),
+        ("model.safetensors", wrong_shape,
+         "tensor 'output' is torch.float32 [16, 15], expected float [16, 16]"),
+    ],
+)  # fmt: skip
+def test_load_names_the_bad_file_and_the_problem(word_model, tmp_path, name, damage, problem):
+    out = word_model.save(tmp_path / "model")
+    damage(out / name)
+    with pytest.raises(StageInputError) as err:
+        Word2Vec.load(out)
+    assert str(err.value).startswith(f"{out / name}: ")
+    assert problem in str(err.value)
+
+
+def test_load_checks_the_matrices_against_config_and_vocab(word_model, tmp_path):
+    out = word_model.save(tmp_path / "model")
+    edit_json(out / "config.json", lambda d: d["config"].update(dim=12))
+    message = (
+        f"{out / 'model.safetensors'}: tensor 'input' is torch.float32 [16, 16], expected float "
+        "[16, 12] (16 keys in vocab.json, dim 12 in config.json)"
+    )
+    with pytest.raises(StageInputError, match=re.escape(message)):
+        Word2Vec.load(out)
+
+
+def test_load_rejects_token_keys_outside_the_tokenizer(token_model, tmp_path):
+    out = token_model.save(tmp_path / "model")
+    edit_json(out / "vocab.json", lambda d: d["keys"].__setitem__(0, 99999))
+    with pytest.raises(StageInputError, match=r"token id 99999 is outside the vocabulary 0\.\.399"):
+        Word2Vec.load(out)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_fails_before_the_corpus_pass():
+    passes = []
+
+    def sentences():
+        passes.append(1)
+        return [["a", "b"]]
+
+    with pytest.raises(ConfigError, match=r"^device = 'cuda': expected 'auto' or 'cpu': torch "
+                       r"sees no CUDA device$"):  # fmt: skip
+        Word2Vec.train(sentences, small_config(device="cuda"))
+    assert passes == []
+
+
 # ---- resume, determinism ----------------------------------------------------------------------
 
 
@@ -246,30 +331,88 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, script_chunks)
     assert not (tmp_path / "killed.npz").exists()
     resumed = run_script(work, tmp_path / "resumed.npz")
     assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1 of 3" in resumed.stderr  # epoch 1 is not retrained
     got = np.load(tmp_path / "resumed.npz")
-    assert got["epochs"][0] == 2  # epoch 1 came from the checkpoint, not retrained
-    assert set(got["epochs"].tolist()) == {2, 3}
-    fresh, epochs = w2v_script.train(None)
-    assert epochs.count(2) > 1  # epoch 2 had several chunks: the kill was mid-epoch
-    assert np.array_equal(got["vectors"], fresh.vectors)
+    fresh, calls = w2v_script.train(None)
+    assert [m["epoch"] for _, m in calls].count(2) > 1  # epoch 2 had several chunks: the kill
+    assert np.array_equal(got["vectors"], fresh.vectors)  # was mid-epoch
     assert np.array_equal(got["output"], fresh.output)
     assert got["history"].tolist() == fresh.history
+    # the on_metrics calls of epoch 1 were replayed from the checkpoint: the whole curve
+    assert got["steps"].tolist() == [step for step, _ in calls]
+    for key in ("loss", "lr", "epoch"):
+        assert got[key].tolist() == [m[key] for _, m in calls], key
+
+
+def test_resumed_run_replays_the_metrics_of_the_checkpointed_epochs(tmp_path, script_chunks):
+    """on_metrics sees exactly the calls of an uninterrupted run: the same steps, values and
+    types, the checkpointed epoch's calls first (replayed, not retrained)."""
+    sentences, _, _ = two_clusters(seed=5, n=200)
+    config = small_config(epochs=3)
+    expected: list = []
+    Word2Vec.train(lambda: sentences, config, on_metrics=lambda s, m: expected.append((s, m)))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_in_epoch_2(step: int, metrics: dict) -> None:
+        if metrics["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Word2Vec.train(lambda: sentences, config, work_dir=tmp_path, on_metrics=stop_in_epoch_2)
+    trained = []
+    chunk = word2vec._Trainer._chunk
+
+    def counting_chunk(self, *args):
+        trained.append(args[1])
+        return chunk(self, *args)
+
+    got: list = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(word2vec._Trainer, "_chunk", counting_chunk)
+        model = Word2Vec.train(
+            lambda: sentences, config, work_dir=tmp_path, on_metrics=lambda s, m: got.append((s, m))
+        )
+    per_epoch = [m["epoch"] for _, m in expected].count(1)
+    assert per_epoch > 1 and len(trained) == 2 * per_epoch  # epoch 1 is not retrained
+    assert got == expected
+    assert [type(v) for _, m in got for v in m.values()] == [
+        type(v) for _, m in expected for v in m.values()
+    ]
+    assert len(model.history) == 3
+
+
+def test_unreadable_checkpoint_warns_and_starts_over(tmp_path, capsys):
+    sentences, _, _ = two_clusters(seed=5, n=200)
+    config = small_config(epochs=2)
+    fresh = Word2Vec.train(lambda: sentences, config, work_dir=tmp_path)
+    path = tmp_path / word2vec.CHECKPOINT
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
+    capsys.readouterr()
+    again = Word2Vec.train(lambda: sentences, config, work_dir=tmp_path)
+    err = capsys.readouterr().err
+    assert f"{path}: unreadable checkpoint" in err and "starting over" in err
+    assert "resuming" not in err
+    assert np.array_equal(again.vectors, fresh.vectors) and again.history == fresh.history
 
 
 @pytest.mark.parametrize("change", [{"dim": 12}, {"seed": 4}])
-def test_checkpoint_of_another_config_is_not_resumed(tmp_path, script_chunks, change):
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path, script_chunks, change, capsys):
     work = tmp_path / "work"
     first, _ = w2v_script.train(work)  # a finished run: its checkpoint holds every epoch
-    again, epochs = w2v_script.train(work, **change)
-    assert epochs[0] == 1  # trained from scratch
-    fresh, _ = w2v_script.train(None, **change)
+    capsys.readouterr()
+    again, _ = w2v_script.train(work, **change)
+    assert "resuming" not in capsys.readouterr().err  # trained from scratch
+    fresh, calls = w2v_script.train(None, **change)
     assert np.array_equal(again.vectors, fresh.vectors)
     assert again.history == fresh.history
     assert again.vectors.shape != first.vectors.shape or not np.allclose(
         again.vectors, first.vectors
     )
-    resumed, epochs = w2v_script.train(work, **change)  # the same config does resume
-    assert epochs == [] and np.array_equal(resumed.vectors, fresh.vectors)
+    resumed, replayed = w2v_script.train(work, **change)  # the same config does resume
+    assert "resuming after epoch 3 of 3" in capsys.readouterr().err
+    assert replayed == calls and np.array_equal(resumed.vectors, fresh.vectors)
 
 
 @pytest.mark.parametrize("mode", ["skipgram", "cbow"])

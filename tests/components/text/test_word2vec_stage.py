@@ -13,15 +13,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from gensim.models import KeyedVectors
 from safetensors import safe_open
 
 from components import registry
+from components.config import ConfigError
 from components.stage import StageInputError, StageIO
+from components.text import word2vec
 from components.text.bpe import ENDOFTEXT, BpeTokenizer
 from components.text.word2vec import Word2Vec, Word2VecConfig
 from components.text.word2vec_stage import STAGE, ParquetSentences, words
+from tests.components.bad_parquet import corrupt_copy, truncated_copy
 from tests.conftest import loom
 
 DOCS = [topics[name] for name in sorted(topics)][:24]
@@ -181,6 +185,70 @@ def test_missing_training_data_and_missing_column(tmp_path, tokenizer_dir):
     write_corpus(tmp_path / "tokens", ["ids here are text"])  # a parquet without `ids`
     with pytest.raises(StageInputError, match="no column 'ids'"):
         STAGE.run(config(), io)
+
+
+def test_token_ids_outside_the_tokenizer_vocab_name_the_parquet_file(tmp_path, tokenizer_dir):
+    tokens = write_tokens(tmp_path / "tokens", [[1, 2, 3]] * 20 + [[5, 400, 6]])  # vocab: 400
+    io = io_for(tmp_path, tokens, tokenizer_dir, tmp_path / "no-corpus")
+    with pytest.raises(StageInputError) as err:
+        STAGE.run(config(), io)
+    assert str(err.value) == (
+        f"{tokens / 'train.parquet'}: token id 400 is outside the tokenizer's vocabulary "
+        "0..399 (tokens made with another tokenizer?)"
+    )
+
+
+@pytest.mark.parametrize("damage", [truncated_copy, corrupt_copy])
+def test_damaged_tokens_parquet_is_named(token_inputs, tmp_path, damage):
+    tokens = token_inputs.inputs["tokens"] / "train.parquet"
+    good = tmp_path / "good.parquet"
+    pq.write_table(pq.read_table(tokens), good, row_group_size=5)
+    damage(good, tokens)
+    with pytest.raises(StageInputError) as err:
+        STAGE.run(config(), token_inputs)
+    assert str(err.value).startswith(
+        f"{tokens}: not a readable Parquet file (truncated or corrupt?)"
+    )
+
+
+def test_ids_column_of_another_type_is_named(tmp_path, tokenizer_dir):
+    (tmp_path / "tokens").mkdir()
+    pq.write_table(pa.table({"ids": [["a", "b"]]}), tmp_path / "tokens" / "train.parquet")
+    io = io_for(tmp_path, tmp_path / "tokens", tokenizer_dir, tmp_path / "no-corpus")
+    with pytest.raises(
+        StageInputError, match=r"column 'ids' is list<element: string>, expected list<int32>"
+    ):
+        STAGE.run(config(), io)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_fails_before_reading_inputs(tmp_path, monkeypatch):
+    reads = []
+    monkeypatch.setattr(ParquetSentences, "__init__", lambda *args: reads.append(args))
+    io = io_for(tmp_path, tmp_path / "no-tokens", tmp_path / "no-tokenizer", tmp_path / "none")
+    with pytest.raises(ConfigError, match=r"^word2vec\.device = 'cuda': expected 'auto' or 'cpu'"):
+        STAGE.run(config(device="cuda"), io)
+    assert reads == []
+
+
+def test_resumed_stage_returns_the_whole_loss_curve(token_inputs, tmp_path, monkeypatch):
+    """A run interrupted in epoch 3 and rerun returns the uninterrupted run's curve."""
+    monkeypatch.setattr(word2vec, "CHUNK", 8192)  # several points per epoch
+    fresh = STAGE.run(config(), io_for(tmp_path / "fresh", *token_inputs.inputs.values()))
+    epoch = word2vec._Trainer._epoch
+
+    def interrupted(self, kernel, index, *args):
+        if index == 2:
+            raise KeyboardInterrupt
+        return epoch(self, kernel, index, *args)
+
+    monkeypatch.setattr(word2vec._Trainer, "_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        STAGE.run(config(), token_inputs)
+    monkeypatch.setattr(word2vec._Trainer, "_epoch", epoch)
+    resumed = STAGE.run(config(), token_inputs)
+    assert len(fresh.curves["loss"]) > 2 * 4 and resumed.curves == fresh.curves
+    assert resumed.metrics["final_loss"] == fresh.metrics["final_loss"]
 
 
 def test_words():

@@ -3,9 +3,10 @@
     python -m tests.components.text.w2v_script WORK_DIR OUT.npz [--kill-in-epoch N] [--dim D]
 
 Trains on `corpus()` with `config()` and small streamed chunks (several per epoch), then
-saves the input and output vectors, the loss history and the epoch of every `on_metrics`
-call to OUT.npz. With `--kill-in-epoch N` the process SIGKILLs itself after the first chunk
-of epoch N (1-based), leaving only what the run had checkpointed in WORK_DIR.
+saves the input and output vectors, the loss history and every `on_metrics` call (arrays
+`steps`, `loss`, `lr`, `epoch`, one entry per call) to OUT.npz. With `--kill-in-epoch N` the
+process SIGKILLs itself after the first chunk of epoch N (1-based), leaving only what the run
+had checkpointed in WORK_DIR.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ def config(**changes) -> Word2VecConfig:
 
 
 def train(work_dir: Path | None, kill_in_epoch: int | None = None, **changes):
-    """Train (word2vec.CHUNK must be `CHUNK`); returns the model and the epoch of each
-    `on_metrics` call."""
-    epochs: list[int] = []
+    """Train (word2vec.CHUNK must be `CHUNK`); returns the model and the `on_metrics` calls,
+    [(step, metrics), ...]."""
+    calls: list[tuple[int, dict[str, float]]] = []
 
     def on_metrics(step: int, metrics: dict[str, float]) -> None:
-        epochs.append(int(metrics["epoch"]))
+        calls.append((step, dict(metrics)))
         if metrics["epoch"] == kill_in_epoch:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -52,7 +53,7 @@ def train(work_dir: Path | None, kill_in_epoch: int | None = None, **changes):
     model = Word2Vec.train(
         lambda: sentences, config(**changes), work_dir=work_dir, on_metrics=on_metrics
     )
-    return model, epochs
+    return model, calls
 
 
 def main() -> None:
@@ -63,10 +64,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=8)
     args = parser.parse_args()
     word2vec.CHUNK = CHUNK
-    model, epochs = train(args.work_dir, args.kill_in_epoch, dim=args.dim)
+    model, calls = train(args.work_dir, args.kill_in_epoch, dim=args.dim)
+    metrics = {key: np.array([m[key] for _, m in calls]) for key in ("loss", "lr", "epoch")}
     np.savez(
         args.out, vectors=model.vectors, output=model.output, history=np.array(model.history),
-        epochs=np.array(epochs),
+        steps=np.array([step for step, _ in calls]), **metrics,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from components.train import CheckpointError, checkpoint, lr_at, rng, train
 from components.train.data import BatchPlan
-from tests.components.train.train_script import ToyTask, config
+from tests.components.train.train_script import Stop, ToyTask, config
 
 
 def _run(task, cfg, checkpoint_dir=None):
@@ -87,13 +87,37 @@ def test_validation_is_deterministic_and_uses_the_ema():
 
 def test_finished_run_returns_at_once(tmp_path):
     cfg = config(steps=6)
-    first, _ = _run(ToyTask(), cfg, tmp_path)
+    first, first_seen = _run(ToyTask(), cfg, tmp_path)
     again, seen = _run(ToyTask(), cfg, tmp_path)
-    assert (again.step, again.resumed_from, seen) == (6, 6, {})
+    assert (again.step, again.resumed_from) == (6, 6)
+    assert seen == first_seen and again.metrics == first.metrics  # replayed, not retrained
     for a, b in zip(
         _weights(again.model, again.ema), _weights(first.model, first.ema), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_resumed_run_replays_the_metrics_reported_before_the_crash(tmp_path):
+    """on_metrics sees the calls of an uninterrupted run: those up to the checkpoint replayed
+    from it, in order, then the rest; the result's metrics are the same too."""
+    cfg = config(steps=12, log_every=2, val_every=3, checkpoint_every=4)
+    calls: list = []
+    whole = train(ToyTask(), cfg, None, lambda step, m: calls.append((step, m)))
+
+    def crash_at_8(step: int, metrics: dict) -> None:
+        before.append((step, dict(metrics)))
+        if step == 8:
+            raise Stop
+
+    before: list = []
+    with pytest.raises(Stop):
+        train(ToyTask(), cfg, tmp_path, crash_at_8)
+    got: list = []
+    resumed = train(ToyTask(), cfg, tmp_path, lambda step, m: got.append((step, m)))
+    assert resumed.resumed_from == 8
+    assert [step for step, _ in got] == [step for step, _ in calls] == [2, 3, 4, 6, 8, 9, 10, 12]
+    assert got[:5] == before  # the replayed calls are exactly what the crashed run reported
+    assert got == calls and resumed.metrics == whole.metrics  # in one process: bitwise
 
 
 class WiderTask(ToyTask):

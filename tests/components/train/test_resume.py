@@ -33,6 +33,10 @@ def _assert_same_run(got: dict, expected: dict) -> None:
         torch.testing.assert_close(got[part], expected[part], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(got["optimizer"], expected["optimizer"], rtol=1e-6, atol=1e-7)
     assert torch.equal(got["rng"][0]["torch"], expected["rng"][0]["torch"])
+    # every report of the run, those from before the kill included (a resume replays them)
+    assert [step for step, _ in got["reports"]] == list(range(1, 21))
+    for (step, report), (_, want) in zip(got["reports"], expected["reports"], strict=True):
+        assert report == pytest.approx(want, rel=1e-5), step
 
 
 @pytest.mark.parametrize(("kill_at", "resumes_from"), [(10, 10), (13, 10)])
