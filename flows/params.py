@@ -108,14 +108,20 @@ def overlay_overrides(root: Path, overlay: Path) -> list[str]:
 def _round_trip_yaml() -> Any:
     """ruamel.yaml as DVC uses it, but keeping what a person wrote: comments, quotes, `null`."""
     from ruamel.yaml import YAML
+    from ruamel.yaml.representer import RoundTripRepresenter
 
+    class Representer(RoundTripRepresenter):
+        """`null` for None; a subclass, since add_representer on ruamel's own class would
+        change how DVC writes dvc.lock in this process too."""
+
+    Representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     rt = YAML(typ="rt")
+    rt.Representer = Representer
     rt.preserve_quotes = True
     rt.width = 4096  # never re-wrap a long line
     rt.indent(mapping=2, sequence=4, offset=2)
-    rt.representer.add_representer(
-        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
     return rt
 
 

@@ -118,3 +118,17 @@ def test_a_rejected_value_leaves_the_file_byte_identical(tmp_path):
     assert "vocab_size: abc" in seen[0]
     assert sha256(tmp_path / "params.yaml") == before
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]  # no temp file left
+
+
+def test_writing_params_leaves_ruamel_as_dvc_uses_it(tmp_path):
+    """DVC writes dvc.lock with ruamel's round-trip dumper in the same process: Loom's `null`
+    for params.yaml must not change how that dumper writes None."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    write(tmp_path, PARAMS_TEXT)
+    params.apply_overrides(tmp_path, ["stdlib_text.max_docs=null"])
+    out = io.StringIO()
+    YAML(typ="rt").dump({"max_vocab": None}, out)
+    assert out.getvalue() == "max_vocab:\n"
