@@ -6,7 +6,6 @@ import argparse
 import importlib
 import os
 import shlex
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -22,17 +21,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows import interrupts, project, workspace
 
     root = project.find_root()
-    command = shlex.join(["loom", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else "loom run"
     try:
-        with interrupts.handled(), workspace.locked(root, command, wait=args.wait):
+        with interrupts.handled(), workspace.locked(root, args.command_line, wait=args.wait):
             return _run_locked(root, args)
     except BaseException as stop:
         if not _is_interrupt(stop):
             raise
-        signame = signal.Signals(interrupts.exit_code(stop) - 128).name
         print(
-            f"loom run: interrupted by {signame}: running stages stopped, their MLflow runs "
-            "and the pipeline run marked KILLED; last good outputs kept",
+            f"loom run: interrupted by {interrupts.signal_name(stop)}: running stages stopped, "
+            "their MLflow runs and the pipeline run marked KILLED; last good outputs kept",
             file=sys.stderr,
         )
         return interrupts.exit_code(stop)
@@ -253,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.command_line = shlex.join(["loom", *(sys.argv[1:] if argv is None else argv)])
     if getattr(args, "jobs", 1) < 1:
         print("loom run: error: --jobs must be >= 1", file=sys.stderr)
         return 2

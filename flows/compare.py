@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flows import tracking
+from flows import project, tracking
 
 LINEAGE_TAGS = (
     "loom.git.commit",
@@ -15,8 +14,6 @@ LINEAGE_TAGS = (
     "loom.component_version",
     "prefect.flow_run_id",
 )
-# A DVC stage name, optionally with its foreach/matrix key: "corpus", "bpe@small".
-STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+(@[A-Za-z0-9_.-]+)?")
 # What `get_run` answers for an id that names no run: unknown, or not an id at all ("a b").
 _NO_SUCH_RUN = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
@@ -26,8 +23,8 @@ class CompareError(ValueError):
 
 
 def check_stage(stage: str) -> str:
-    """`stage` if it is a stage name (see STAGE_NAME), else CompareError."""
-    if not STAGE_NAME.fullmatch(stage):
+    """`stage` if it is a stage name (see `project.STAGE_NAME`), else CompareError."""
+    if not project.STAGE_NAME.fullmatch(stage):
         raise CompareError(
             f'--stage "{stage}": not a stage name (expected NAME or NAME@KEY, each of '
             f"letters, digits and _ . -)"

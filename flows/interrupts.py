@@ -44,6 +44,10 @@ def exit_code(err: BaseException) -> int:
     return 128 + signal.SIGINT
 
 
+def signal_name(err: BaseException) -> str:
+    return signal.Signals(exit_code(err) - 128).name
+
+
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """Turn SIGINT/SIGTERM into `Interrupted` while the block runs (main thread only)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -31,7 +30,6 @@ from prefect import flow, get_run_logger, task
 from prefect.states import Cancelled, Completed
 
 from components import registry
-from components.config import to_dict
 from flows import (
     atomic,
     interrupts,
@@ -71,30 +69,6 @@ def _stage_env(
     return env
 
 
-def command_argv(spec: project.StageSpec, command: str) -> list[str]:
-    """One command of a stage's cmd as argv. Loom runs stage commands without a shell, so
-    nothing in a cmd (stage names and paths interpolated from params among it) is ever
-    interpreted by one: shell syntax is refused here rather than passed on as arguments."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lexer.whitespace_split, lexer.commenters = True, ""
-    try:
-        tokens = list(lexer)
-    except ValueError as err:  # an unclosed quote
-        raise project.ProjectError(
-            f"dvc.yaml: stage {spec.name!r}: cmd {command!r}: {err}"
-        ) from None
-    shell = [
-        t for t in tokens if set(t) <= set("();<>|&") or t.startswith("#") or set(t) & set("$`")
-    ]
-    if shell or not tokens:
-        what = f"shell syntax {shell[0]!r}" if shell else "no command"
-        raise project.ProjectError(
-            f"dvc.yaml: stage {spec.name!r}: cmd {command!r} has {what}; Loom runs stage "
-            "commands without a shell: make it one plain command (a script can do the rest)"
-        )
-    return shlex.split(command)
-
-
 def _run_cmd(
     spec: project.StageSpec, env: dict[str, str], logger: Any, parent: ParentRun
 ) -> tuple[int, list[str]]:
@@ -103,8 +77,8 @@ def _run_cmd(
     `loom run` only, which stops them in order (`ParentRun.stop_stages`), and dies with
     `loom run` whatever kills it (`flows.orphans`)."""
     tail: deque[str] = deque(maxlen=60)
-    for command in spec.commands or [spec.cmd]:
-        argv = command_argv(spec, command)
+    for command in spec.commands:
+        argv = project.command_argv(spec, command)
         with parent.lock:
             if parent.stopping:
                 return 128 + signal.SIGTERM, ["loom run: interrupted before this stage started"]
@@ -178,9 +152,8 @@ def run_stage_task(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="loom-run-") as tmp:
         info = Path(tmp) / "run.json"
-        parent_run_id = _PARENT_RUNS[parent_key].id()
-        env = _stage_env(rootp, name, parent_run_id, flow_run_id, info, tags)
         parent = _PARENT_RUNS[parent_key]
+        env = _stage_env(rootp, name, parent.id(), flow_run_id, info, tags)
         rc, tail = _run_cmd(spec, env, logger, parent)
         if rc != 0 and parent.stopping:  # loom run was interrupted: not this stage's failure
             return Cancelled(message=f"{name}: stopped, `loom run` was interrupted")
@@ -190,7 +163,7 @@ def run_stage_task(
     project.commit(rootp, name, order=lock_order)
     if publish:
         project.push(rootp, [name])
-        _log_lock(rootp, parent_run_id)
+        _log_lock(rootp, parent.id())
     metrics = run_info.get("metrics") or plan.read_metrics(rootp, spec)
     seconds = time.time() - started
     return StageReport(name, "ran", seconds, metrics, run_info.get("run_id", ""), key_metrics=key)
@@ -241,26 +214,17 @@ class ParentRun:
 _PARENT_RUNS: dict[str, ParentRun] = {}
 
 
-def _validate(root: Path, specs: list[project.StageSpec]) -> dict[str, dict]:
-    """Every component stage's config and I/O binding, before any stage runs; returns the
-    resolved configs by stage."""
-    configs = {}
-    for spec in specs:
-        for command in spec.commands or [spec.cmd]:
-            command_argv(spec, command)
-        if spec.component:
-            configs[spec.name] = to_dict(stage_runner.prepare(root, spec.name, spec)[2])
-    return configs
-
-
-def _prune_work_dirs(root: Path, configs: dict[str, dict]) -> None:
-    with project.DVC_LOCK:
-        repo = project.open_repo(root)
-        try:
-            every = [s.addressing for s in project.pipeline_stages(repo)]
-        finally:
-            repo.close()
-    pruned = stage_runner.prune_work_dirs(root, every, configs)
+def _prune_work_dirs(root: Path, every: list[str] | None, configs: dict[str, dict]) -> None:
+    """Prune and report stale work dirs; `every`: all stage names (None: ask DVC, only if
+    there is any work dir to judge)."""
+    if every is None and stage_runner.work_dirs(root):
+        with project.DVC_LOCK:
+            repo = project.open_repo(root)
+            try:
+                every = [s.addressing for s in project.pipeline_stages(repo)]
+            finally:
+                repo.close()
+    pruned = stage_runner.prune_work_dirs(root, every or [], configs)
     if pruned:
         listed = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in pruned)
         print(f"pruned {len(pruned)} stale stage work dir(s): {listed}")
@@ -315,8 +279,8 @@ def _run(
     # Stages that are unchanged and have no stale upstream are settled now, without a task:
     # a no-op run costs one DVC status pass, no component import and no MLflow run.
     todo = plan.stages_to_run(rootp, specs, force)
-    configs = _validate(rootp, specs)
-    _prune_work_dirs(rootp, configs)
+    configs = plan.validate_specs(rootp, [s for s in specs if s.name in todo])
+    _prune_work_dirs(rootp, names if not targets else None, configs)
     settled = {s.name: plan.skipped(rootp, s) for s in specs if s.name not in todo}
     if settled:
         print(f"unchanged (DVC), skipped: {', '.join(settled)}")
@@ -372,8 +336,7 @@ def _run(
 def _kill_parent_run(run_id: str, stop: BaseException, stopped: int) -> None:
     import mlflow
 
-    signum = interrupts.exit_code(stop) - 128
-    why = f"interrupted by {signal.Signals(signum).name}; {stopped} running stage(s) stopped"
+    why = f"interrupted by {interrupts.signal_name(stop)}; {stopped} running stage(s) stopped"
     client = mlflow.MlflowClient()
     client.set_tag(run_id, "loom.error", why)
     client.set_terminated(run_id, "KILLED")

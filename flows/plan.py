@@ -128,8 +128,6 @@ def check_params(root: Path, candidate: str) -> None:
     DVC resolves dvc.yaml against the candidate in a scratch copy of the project's
     declaration files, so params.yaml itself is written only once it has passed.
     """
-    from flows import stage_runner  # imports the component registry
-
     with tempfile.TemporaryDirectory(prefix="loom-params-") as tmp:
         scratch = Path(tmp)
         for entry in Path(root).iterdir():  # dvc.yaml and what it may read (vars, params)
@@ -139,11 +137,23 @@ def check_params(root: Path, candidate: str) -> None:
         (scratch / params.PARAMS_FILE).write_text(candidate, encoding="utf-8")
         (scratch / ".dvc").mkdir()
         (scratch / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
-        specs = select_specs(scratch, [])
         orchestration(params.load(scratch))
-        for spec in specs:
-            if spec.component:
-                stage_runner.prepare(scratch, spec.name, spec)
+        validate_specs(scratch, select_specs(scratch, []))
+
+
+def validate_specs(root: Path, specs: list[project.StageSpec]) -> dict[str, dict]:
+    """Every stage's commands (runnable without a shell) and every component stage's config
+    and I/O binding, before any stage runs; returns the resolved configs by stage."""
+    from components.config import to_dict
+    from flows import stage_runner  # imports the component registry
+
+    configs = {}
+    for spec in specs:
+        for command in spec.commands:
+            project.command_argv(spec, command)
+        if spec.component:
+            configs[spec.name] = to_dict(stage_runner.prepare(root, spec.name, spec)[2])
+    return configs
 
 
 def apply_params(root: Path, params_files: list[str], overrides: list[str]) -> list[str]:

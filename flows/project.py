@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,10 @@ class StageSpec:
     upstream: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)  # the cmd's commands, run in turn
 
+    def __post_init__(self) -> None:
+        if not self.commands and self.cmd:
+            self.commands = [self.cmd]
+
 
 # What a stage name may be: DVC's names, and foreach/matrix keys after the "@". Keys come from
 # params (settable by `-S` and by a deployment's `overrides`) and end up in the stage's cmd.
@@ -66,6 +71,28 @@ def check_stage_name(name: str) -> None:
             f"dvc.yaml: stage {name!r}: its {what} is not a plain identifier: use letters, "
             "digits, '_', '.' and '-' only"
         )
+
+
+def command_argv(spec: StageSpec, command: str) -> list[str]:
+    """One command of a stage's cmd as argv. Loom runs stage commands without a shell, so
+    nothing in a cmd (stage names and paths interpolated from params among it) is ever
+    interpreted by one: shell syntax is refused here rather than passed on as arguments."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    try:
+        tokens = list(lexer)
+    except ValueError as err:  # an unclosed quote
+        raise ProjectError(f"dvc.yaml: stage {spec.name!r}: cmd {command!r}: {err}") from None
+    shell = [
+        t for t in tokens if set(t) <= set("();<>|&") or t.startswith("#") or set(t) & set("$`")
+    ]
+    if shell or not tokens:
+        what = f"shell syntax {shell[0]!r}" if shell else "no command"
+        raise ProjectError(
+            f"dvc.yaml: stage {spec.name!r}: cmd {command!r} has {what}; Loom runs stage "
+            "commands without a shell: make it one plain command (a script can do the rest)"
+        )
+    return shlex.split(command)
 
 
 def covered(path: str, declared: list[str]) -> bool:

@@ -81,7 +81,8 @@ def run_stage(root: Path, name: str) -> Outcome:
     for rel in spec.metrics + spec.plots:  # written after the work: check them before it
         atomic.check_writable((root / rel).parent)
     experiment_id = tracking.setup(root)
-    tracking.end_stale_runs(experiment_id)
+    if not os.environ.get(tracking.PARENT_RUN_ENV):  # a `loom run` sweeps once for its stages
+        tracking.end_stale_runs(experiment_id)
 
     tags = {
         "loom.stage": name,
@@ -186,12 +187,21 @@ def work_dir(root: Path, name: str, config: dict, deps: dict[str, str]) -> Path:
     else `.loom/work/` in the project."""
     key = json.dumps([name, config, deps], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    base = Path(os.environ.get(WORK_DIR_ENV) or root / ".loom" / "work")
-    return base / f"{name.replace('@', '-')}-{digest}"  # the component creates it if needed
+    return _work_base(root) / f"{name.replace('@', '-')}-{digest}"
 
 
 RUN_RECORD = "mlflow-run.json"  # in a work dir: the MLflow run that last worked in it
 WORK_TTL_DAYS = 14  # a work dir untouched this long is pruned, whatever it holds
+
+
+def _work_base(root: Path) -> Path:
+    return Path(os.environ.get(WORK_DIR_ENV) or root / ".loom" / "work")
+
+
+def work_dirs(root: Path) -> list[Path]:
+    """The stage work dirs there are now (of this project, or on the shared $LOOM_WORK_DIR)."""
+    base = _work_base(root)
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
 
 def prune_work_dirs(
@@ -207,12 +217,9 @@ def prune_work_dirs(
     share) only the age rule applies.
     """
     shared = bool(os.environ.get(WORK_DIR_ENV))
-    base = Path(os.environ.get(WORK_DIR_ENV) or root / ".loom" / "work")
-    if not base.is_dir():
-        return []
     now = time.time() if now is None else now
     pruned = []
-    for work in sorted(p for p in base.iterdir() if p.is_dir()):
+    for work in work_dirs(root):
         try:
             record = json.loads((work / RUN_RECORD).read_text())
         except (OSError, ValueError):

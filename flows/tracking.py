@@ -234,8 +234,9 @@ PID_TAG, HOST_TAG = "loom.pid", "loom.host"
 
 
 def process_tags() -> dict[str, str]:
-    """Who runs this MLflow run: a later sweep ends it when that process is gone."""
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    """Which process runs this MLflow run (with `host_info`'s host): a later sweep ends the
+    run when that process is gone."""
+    return {PID_TAG: str(os.getpid())}
 
 
 def _process_gone(pid: int, started_ms: int) -> bool:

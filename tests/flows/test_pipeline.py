@@ -260,15 +260,15 @@ def test_a_params_key_cannot_inject_a_command(project, prefect_server, experimen
 
 
 def test_stage_commands_run_without_a_shell(project, prefect_server, experiment, capsys):
-    from flows import pipeline
     from flows import project as project_module
 
     spec = project_module.StageSpec("s", "", project, None, None)
-    assert pipeline.command_argv(spec, "loom stage bpe@small") == ["loom", "stage", "bpe@small"]
-    assert pipeline.command_argv(spec, "python -c 'a; b'") == ["python", "-c", "a; b"]
+    argv = project_module.command_argv
+    assert argv(spec, "loom stage bpe@small") == ["loom", "stage", "bpe@small"]
+    assert argv(spec, "python -c 'a; b'") == ["python", "-c", "a; b"]
     for cmd in ("loom stage x;echo hi", "a && b", "a | b", "a > f", "echo $HOME", "a `b`", "#"):
         with pytest.raises(project_module.ProjectError, match="without a shell"):
-            pipeline.command_argv(spec, cmd)
+            argv(spec, cmd)
     # In a real run: a stage whose cmd needs a shell fails with that message, nothing runs.
     with (project / "dvc.yaml").open("a") as f:
         f.write("\n  shelly:\n    cmd: touch shelled.txt && echo done\n    outs:\n      - x.txt\n")
