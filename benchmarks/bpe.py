@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bpe.py [--vocab-size 10000] [--mb 4] [--repeats 3]
 
 Corpus: real English text that ships with Python (pydoc topics, stdlib docstrings and
-comments, from `components.text.stdlib_text`), the first `--mb` MB of it.
+comments, from `components.text.stdlib_text.documents`), the first `--mb` MB of it.
 
 Training: Loom vs HF BPE (ByteLevel pre-tokenizer with GPT-2's regex, same vocab size and
 special token; HF uses all cores, Loom one). Encoding: the Loom tokenizer just trained vs a
@@ -29,8 +29,10 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from components.text.bpe import ENDOFTEXT, GPT2_PATTERN, BpeTokenizer
-from components.text.stdlib_text import iter_stdlib_documents
+from components.text.bpe.pretokenizer import GPT2_PATTERN
+from components.text.bpe.tokenizer import ENDOFTEXT, BpeTokenizer
+from components.text.bpe.trainer import train_bpe
+from components.text.stdlib_text.documents import iter_stdlib_documents
 
 TRAIN_TARGET = 3.0  # Loom training time / HF's, at most
 ENCODE_TARGET = 0.5  # Loom encoding throughput / tiktoken's, at least
@@ -124,7 +126,7 @@ def main() -> None:
     print(f"cpus: {os.cpu_count()}, vocab size {args.vocab_size}")
 
     start = time.perf_counter()
-    loom = BpeTokenizer.train(docs, args.vocab_size, [ENDOFTEXT])
+    loom = train_bpe(docs, args.vocab_size, [ENDOFTEXT])
     loom_seconds = time.perf_counter() - start
     start = time.perf_counter()
     hf = train_hf(docs, args.vocab_size)

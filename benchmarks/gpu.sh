@@ -24,10 +24,10 @@ step() {  # step NAME COMMAND...: run, log to LOG_DIR/NAME.log, remember the fir
 
 step device python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(), \
 torch.cuda.get_device_properties(0).total_memory // 2**30, 'GiB')"
-step tests python3 -m pytest -m gpu -q -p no:cacheprovider \
+step tests python3 -m pytest -o addopts=-ra -m gpu -q -p no:cacheprovider \
   tests/components/nn/test_attention.py tests/components/nn/test_causal_linear.py \
-  tests/components/text/test_word2vec.py \
-  tests/components/text/test_w2v_graphs.py \
+  tests/components/text/word2vec/test_trainer.py \
+  tests/components/text/word2vec/test_graphs.py \
   tests/components/train/test_gpu.py
 # batch 16384 and --compare-eager were measured on 2026-11-27 (docs/measurements/h100-2026-11-27);
 # since then: interleaved batches, and update_cap 64 at batch 8192 (CPU: analogy +0.6 points)

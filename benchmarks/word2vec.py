@@ -8,7 +8,7 @@
 Corpus: real English prose that ships offline with Python itself and with the installed
 packages: the stdlib's help topics, docstrings and comments, then the docstrings of
 site-packages (sorted by path) until `--words` words; words as the pipeline's `unit: word`
-makes them (`word2vec_stage.words`), one document per sentence. Cached under
+makes them (`word2vec/sentences.py: words`), one document per sentence. Cached under
 .loom/bench/ after the first build (parsing site-packages takes a minute or two).
 
 Settings (the issue's): dim 100, window 5, negative 5, sample 1e-3, min_count 5, 5 epochs;
@@ -52,10 +52,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.text.stdlib_text import iter_stdlib_documents  # noqa: E402
-from components.text.w2v_data import EncodedCorpus  # noqa: E402
-from components.text.word2vec import DivergedError, Word2Vec, Word2VecConfig  # noqa: E402
-from components.text.word2vec_stage import words  # noqa: E402
+from components.text.stdlib_text.documents import iter_stdlib_documents  # noqa: E402
+from components.text.word2vec.config import Word2VecConfig  # noqa: E402
+from components.text.word2vec.data import EncodedCorpus  # noqa: E402
+from components.text.word2vec.sentences import words  # noqa: E402
+from components.text.word2vec.trainer import DivergedError, train_word2vec  # noqa: E402
 
 SETTINGS = dict(dim=100, window=5, negative=5, sample=1e-3, min_count=5, epochs=5)
 
@@ -148,7 +149,7 @@ def run_loom(
     if update_cap:
         config.update_cap = update_cap
     started = time.perf_counter()
-    model = Word2Vec.train(lambda: sentences, config)
+    model = train_word2vec(lambda: sentences, config)
     seconds = time.perf_counter() - started
     return seconds, quality(model.keys, model.vectors)
 

@@ -10,6 +10,12 @@ out-of-range values, each with an error naming where, key, value and what was ex
     >>> build(Cfg, {"vocab_size": "big"}, where="bpe")
     Traceback (most recent call last):
     ConfigError: bpe.vocab_size = 'big': expected int
+
+Runtime knobs (`runtime_field`: device, worker threads, compile, progress bars) say how a run
+goes, not what it makes. They are part of the dataclass, so the component reads them like any
+other field, but not of the stage's identity (`identity`): params.yaml holds them in the
+`runtime:` section, which no stage lists under `params`, so changing one never re-runs a stage
+under `dvc repro` / `loom run`, and the stage runner keys work dirs by `identity` only.
 """
 
 from __future__ import annotations
@@ -62,6 +68,25 @@ def build(cls: type[T], data: Any, where: str = "") -> T:
 def to_dict(config: Any) -> dict[str, Any]:
     """The resolved config as plain data (what MLflow logs)."""
     return dataclasses.asdict(config)
+
+
+RUNTIME = "loom.runtime"  # dataclass field metadata key of a runtime knob
+
+
+def runtime_field(default: Any) -> Any:
+    """A field that says how the work runs, never what it produces (see the module doc)."""
+    return dataclasses.field(default=default, metadata={RUNTIME: True})
+
+
+def runtime_keys(cls: type) -> list[str]:
+    """Names of `cls`'s runtime knobs (top level)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get(RUNTIME)]
+
+
+def identity(config: Any) -> dict[str, Any]:
+    """`to_dict(config)` without its runtime knobs: what the outputs depend on."""
+    drop = set(runtime_keys(type(config)))
+    return {k: v for k, v in to_dict(config).items() if k not in drop}
 
 
 def _join(where: str, key: str) -> str:

@@ -7,12 +7,12 @@ import importlib
 from components.stage import Stage
 
 COMPONENTS: dict[str, str] = {
-    "text.stdlib_text": "components.text.stdlib_text",
-    "text.corpus": "components.text.corpus",
-    "text.bpe": "components.text.bpe_stage",
-    "text.tokenize": "components.text.tokenize",
-    "text.word2vec": "components.text.word2vec_stage",
-    "text.embedding_eval": "components.text.embedding_eval",
+    "text.stdlib_text": "components.text.stdlib_text.stage",
+    "text.corpus": "components.text.corpus.stage",
+    "text.bpe": "components.text.bpe.stage",
+    "text.tokenize": "components.text.token_ids.stage",
+    "text.word2vec": "components.text.word2vec.stage",
+    "text.embedding_eval": "components.text.embedding_eval.stage",
 }
 
 

@@ -8,14 +8,74 @@ Components never see MLflow, Prefect or DVC.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class StageInputError(ValueError):
     """Bad input data (missing file, empty corpus, undecodable text): the message says which."""
+
+
+class StageLogger:
+    """Live tracking: what a component reports while it works, not only when it is done.
+
+    The runner binds it to the stage's MLflow run (so a training's loss curve is there while it
+    trains, and stays after a crash) and collects the metric series into the stage's DVC
+    plots file; it records on rank 0 only. This base class records nothing (a component run
+    outside Loom); `RecordingLogger` keeps every call, for unit tests.
+    """
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Scalars at training step `step` (MLflow metric history, one plot row per step)."""
+
+    def log_image(self, name: str, step: int, image: np.ndarray | bytes) -> None:
+        """An image at `step`: uint8 [H, W] or [H, W, 3|4], or PNG bytes."""
+
+    def log_text(self, name: str, text: str) -> None:
+        """A small text file `name` (e.g. "samples.md") attached to the run."""
+
+
+class RecordingLogger(StageLogger):
+    """Keeps every call: `metrics` [(step, {name: value})], `images` [(name, step, image)],
+    `texts` {name: text}. `series()` turns the metrics into curves name -> [(step, value)]."""
+
+    def __init__(self) -> None:
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.images: list[tuple[str, int, np.ndarray | bytes]] = []
+        self.texts: dict[str, str] = {}
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.metrics.append((int(step), {k: float(v) for k, v in metrics.items()}))
+
+    def log_image(self, name: str, step: int, image: np.ndarray | bytes) -> None:
+        self.images.append((name, int(step), image))
+
+    def log_text(self, name: str, text: str) -> None:
+        self.texts[name] = text
+
+    def series(self) -> dict[str, list[tuple[int, float]]]:
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for step, values in self.metrics:
+            for name, value in values.items():
+                curves.setdefault(name, []).append((step, value))
+        return curves
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file or directory inside the stage's output `role` ("" = the output itself).
+
+    What a component names in `StageResult.artifacts` / `Dataset.path` for something it wrote:
+    the runner resolves it where the output lands after the swap, so no component hands back a
+    scratch path."""
+
+    role: str
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -28,11 +88,13 @@ class StageIO:
     work:    a directory that outlives a failed or killed run of this stage with the same
              config and inputs (checkpoints go here, so a rerun resumes); the runner removes
              it once the stage succeeds. None: nothing to resume from (e.g. in unit tests).
+    log:     live tracking (`StageLogger`); the runner binds MLflow, unit tests a recorder.
     """
 
     inputs: dict[str, Path]
     outputs: dict[str, Path]
     work: Path | None = None
+    log: StageLogger = field(default_factory=StageLogger)
 
 
 @dataclass
@@ -40,7 +102,7 @@ class Dataset:
     """An input or output data set to record as an MLflow dataset (by reference)."""
 
     name: str
-    path: Path
+    path: Path | Output  # an input's path, or what this stage wrote
     context: str  # "input" | "output" | "train" | "val" ...
     num_rows: int | None = None
 
@@ -53,14 +115,15 @@ class StageResult:
                Name wall-clock figures `*_seconds` or `*_per_second`: they go to MLflow
                only, so that the metrics file (a versioned output) is reproducible.
     curves:    step-wise series name -> [(step, value), ...], logged as MLflow metric history
-               and written as the stage's DVC plots file.
-    artifacts: small files worth attaching to the tracking run (large outputs go by reference).
+               and written as the stage's DVC plots file (with what `io.log` reported live).
+    artifacts: small files this stage wrote, worth attaching to the tracking run (large
+               outputs go by reference), each named by output role + relative path.
     datasets:  data sets read or written, recorded with their DVC digest.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    artifacts: list[Path] = field(default_factory=list)
+    artifacts: list[Output] = field(default_factory=list)
     datasets: list[Dataset] = field(default_factory=list)
 
 

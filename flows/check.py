@@ -69,12 +69,8 @@ def code_files(root: Path, module: str) -> list[str]:
 def problems(root: Path) -> list[str]:
     """Every inconsistency between dvc.yaml, params.yaml and the code, as readable lines."""
     found: list[str] = []
-    with project.DVC_LOCK:
-        repo = project.open_repo(root)
-        try:
-            specs = [project.spec_of(repo, s) for s in project.pipeline_stages(repo)]
-        finally:
-            repo.close()
+    with project.dvc_repo(root) as repo:
+        specs = [project.spec_of(repo, s) for s in project.pipeline_stages(repo)]
     for spec in specs:
         if not spec.component:
             continue

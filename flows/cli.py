@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shlex
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -123,9 +125,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     root = project.find_root()
     if args.sweep:
-        from flows import sweep
-
-        return sweep.sweep_compare(args)
+        return compare_sweep(args)
     try:
         if args.run_ids:
             runs = compare.get_runs(root, args.run_ids)
@@ -141,6 +141,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
         return 1
     print(compare.format_compare(runs))
+    return 0
+
+
+def compare_sweep(args: argparse.Namespace) -> int:
+    """`loom compare --sweep ID [--metric NAME] [--desc]`."""
+    from flows import compare, project, tracking
+
+    points = compare.collect(project.find_root(), args.sweep)
+    if not points:
+        print(
+            f"loom compare: error: no MLflow runs tagged {tracking.SWEEP_ID_TAG}={args.sweep}",
+            file=sys.stderr,
+        )
+        return 1
+    print(compare.format_points(args.sweep, points, args.metric, getattr(args, "desc", False)))
     return 0
 
 
@@ -238,14 +253,223 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--run", help="MLflow id of the pipeline (parent) run")
     pl.set_defaults(func=_cmd_pull)
 
-    from flows import services, sweep
-
-    services.register(sub)
-    sweep.register(sub)
+    register_services(sub)
+    register_sweep(sub)
 
     u = sub.add_parser("ui", help="print the commands that open the MLflow and Prefect UIs")
     u.set_defaults(func=_cmd_ui)
     return p
+
+
+# ---- loom sweep ----------------------------------------------------------------------------
+
+
+def register_sweep(subparsers: Any) -> None:
+    """Add `loom sweep` to the `loom` parser's subcommands."""
+    s = subparsers.add_parser(
+        "sweep",
+        help="run the pipeline once per point of a params grid, each in its own workspace",
+        description=(
+            "Run the pipeline once per point of the cartesian product of the -S value lists, "
+            "from the committed HEAD plus each point's values; then print the grid's results."
+        ),
+    )
+    s.add_argument("stages", nargs="*", help="stages or stage groups to run (with their upstream)")
+    s.add_argument(
+        "-S",
+        "--set-param",
+        dest="grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values to sweep a params.yaml key over (repeat for more keys: their product)",
+    )
+    s.add_argument(
+        "-j", "--max-parallel", type=int, default=2, help="points to run at once (default 2)"
+    )
+    s.add_argument(
+        "--pool",
+        metavar="DEPLOYMENT",
+        help="run each point as a flow run of this deployment (e.g. loom-pipeline/text-nightly)",
+    )
+    s.add_argument("--metric", help="sort the results by this metric")
+    s.add_argument("--desc", action="store_true", help="sort highest first")
+    s.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows import project, sweep
+    from flows.params import ParamsError
+
+    if not args.grid:
+        print("loom sweep: error: give at least one -S KEY=V1,V2,...", file=sys.stderr)
+        return 2
+    if args.max_parallel < 1:
+        print("loom sweep: error: --max-parallel must be >= 1", file=sys.stderr)
+        return 2
+    flow = sweep.sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.max_parallel))
+    try:
+        result = flow(
+            grid_specs=args.grid,
+            targets=args.stages or None,
+            root=str(project.find_root()),
+            max_parallel=args.max_parallel,
+            pool_deployment=args.pool,
+            metric=args.metric,
+            descending=args.desc,
+        )
+    except (ParamsError, project.ProjectError):
+        raise  # `loom` reports these itself
+    except Exception as err:
+        print(f"loom sweep: error: {err}", file=sys.stderr)
+        return 1
+    points = result["points"]
+    failed = [p for p in points if p["status"] != "succeeded"]
+    for p in failed:
+        overrides = json.dumps(p["overrides"], default=str)
+        print(f"loom sweep: point {p['index']} {overrides} failed: {p['error']}", file=sys.stderr)
+    metric = f" --metric {args.metric}" if args.metric else ""
+    print(
+        f"\n{len(points) - len(failed)} of {len(points)} point(s) succeeded. "
+        f"Again: loom compare --sweep {result['sweep_id']}{metric}"
+    )
+    return 1 if failed else 0
+
+
+# ---- loom services -------------------------------------------------------------------------
+
+SERVICES_NOT_HEALTHY = 3  # `loom services status`: some recorded service is not healthy
+
+
+def register_services(subparsers: Any) -> None:
+    """Add `services up|down|status` to the `loom` command's subparsers."""
+    from flows import services
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        help="pid files, logs, databases (default: $LOOM_STATE_DIR or <project>/.loom/services)",
+    )
+    p = subparsers.add_parser(
+        "services",
+        help="start/stop local Prefect and MLflow servers and Prefect workers",
+        description=(services.__doc__ or "").split("\n\n")[0],
+        epilog='`up` prints only `export NAME=URL` lines on stdout: eval "$(loom services up)". '
+        f"`status` exits 0 when every recorded service is healthy, {SERVICES_NOT_HEALTHY} "
+        "otherwise (also when none is recorded).",
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+
+    u = sub.add_parser(
+        "up",
+        parents=[common],
+        help="start what is not running; print the env exports for clients",
+    )
+    u.add_argument(
+        "--host", default=services.DEFAULT_HOST, help="interface to bind (default %(default)s)"
+    )
+    u.add_argument("--prefect-port", type=int, help="default: $LOOM_PREFECT_PORT or 4200")
+    u.add_argument("--mlflow-port", type=int, help="default: $LOOM_MLFLOW_PORT or 5000")
+    u.add_argument(
+        "--workers",
+        action="append",
+        default=[],
+        metavar="POOL",
+        help="start a process worker on POOL, e.g. cpu (repeatable); it sees no GPU",
+    )
+    u.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N workers on pool gpu; worker i sees only GPU i and runs one flow run at a time",
+    )
+    u.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
+    u.set_defaults(func=_cmd_services)
+
+    d = sub.add_parser("down", parents=[common], help="stop every service `up` started")
+    d.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
+    d.set_defaults(func=_cmd_services)
+
+    s = sub.add_parser(
+        "status",
+        parents=[common],
+        help=f"table of services; exit 0 if all are healthy, {SERVICES_NOT_HEALTHY} otherwise",
+    )
+    s.set_defaults(func=_cmd_services)
+
+
+def _cmd_services(args: argparse.Namespace) -> int:
+    from flows import services
+
+    action = {"up": _services_up, "down": _services_down, "status": _services_status}
+    try:
+        return action[args.action](args, args.state_dir or services.default_state_dir())
+    except services.ServicesError as err:
+        print(f"loom services {args.action}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _say(msg: str) -> None:
+    print(f"loom services: {msg}", file=sys.stderr)
+
+
+def _port(value: int | None, env: str, default: int) -> int:
+    from flows.services import ServicesError
+
+    raw = value if value is not None else os.environ.get(env, default)
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ServicesError(f"{env}={raw!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ServicesError(f"port {port} is out of range 1-65535")
+    return port
+
+
+def _services_up(args: argparse.Namespace, state_dir: Path) -> int:
+    from flows import services
+
+    result = services.up(
+        state_dir,
+        host=args.host,
+        prefect_port=_port(args.prefect_port, "LOOM_PREFECT_PORT", services.DEFAULT_PREFECT_PORT),
+        mlflow_port=_port(args.mlflow_port, "LOOM_MLFLOW_PORT", services.DEFAULT_MLFLOW_PORT),
+        workers=[p for arg in args.workers for p in arg.split(",") if p],
+        gpu_slots=args.gpu_slots,
+        timeout=args.timeout,
+        progress=_say,
+    )
+    print(services.format_status(services.status(state_dir)), file=sys.stderr)
+    # Only the exports on stdout: `eval "$(loom services up)"` sets them in a shell.
+    for key, value in result["env"].items():
+        print(f"export {key}={value}")
+    return 0
+
+
+def _services_down(args: argparse.Namespace, state_dir: Path) -> int:
+    from flows import services
+
+    stopped = services.down(state_dir, grace=args.grace)
+    _say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _services_status(args: argparse.Namespace, state_dir: Path) -> int:
+    from flows import services
+
+    rows = services.status(state_dir)
+    if not rows:
+        _say(f"no services recorded in {state_dir.resolve()} (start them: loom services up)")
+        return SERVICES_NOT_HEALTHY
+    print(services.format_status(rows))
+    return 0 if all(r.state == "running" for r in rows) else SERVICES_NOT_HEALTHY
+
+
+# ---- main ----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from flows import tracking
+from flows import git, pools, tracking
 
 
 class DeployError(RuntimeError):
@@ -55,20 +55,6 @@ def deployments(root: Path) -> list[dict[str, Any]]:
     return found
 
 
-def missing_pools(names: set[str]) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    missing = []
-    with get_client(sync_client=True) as client:
-        for name in sorted(names):
-            try:
-                client.read_work_pool(name)
-            except ObjectNotFound:
-                missing.append(name)
-    return missing
-
-
 def deploy(root: Path, names: list[str] | None = None) -> int:
     """Check, then deploy every deployment in prefect.yaml (or those in `names`)."""
     url = api_url()
@@ -80,23 +66,22 @@ def deploy(root: Path, names: list[str] | None = None) -> int:
         raise DeployError(
             f"prefect.yaml: no deployment named {sorted(set(names) - set(known))}; have {known}"
         )
-    pools = {d["work_pool"]["name"] for d in chosen if d.get("work_pool")}
-    missing = missing_pools(pools)
+    missing = pools.missing({d["work_pool"]["name"] for d in chosen if d.get("work_pool")})
     if missing:
         raise DeployError(
             f"work pool(s) {missing} do not exist on {url}: create them with `loom services up` "
             f"or `prefect work-pool create NAME --type process`."
         )
-    git = tracking.git_info(root)
-    if git["git.dirty"] == "true":
+    code = git.checkout(root)
+    if code.dirty:
         print(
             "loom deploy: warning: uncommitted changes are not deployed; deployments run "
-            f"commit {git['git.commit'][:12]}",
+            f"commit {code.commit[:12]}",
             file=sys.stderr,
         )
     env = dict(os.environ)
     env.setdefault("LOOM_PROJECT_REPO", str(root))
-    env["LOOM_GIT_COMMIT"] = git["git.commit"]
+    env["LOOM_GIT_COMMIT"] = code.commit
     env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(root))
     env.setdefault("LOOM_DVC_REMOTE", "")
     # Workers clone afresh for every run: checkpoints of interrupted training must live on

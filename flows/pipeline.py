@@ -136,12 +136,8 @@ def run_stage_task(
     """
     logger = get_run_logger()
     rootp, name = Path(root), spec.name
-    with project.DVC_LOCK:
-        repo = project.open_repo(rootp)
-        try:
-            unchanged = not force and not project.changed(project.stage_named(repo, name))
-        finally:
-            repo.close()
+    with project.dvc_repo(rootp) as repo:
+        unchanged = not force and not project.changed(project.stage_named(repo, name))
     key = list(registry.load(spec.component).key_metrics) if spec.component else []
     if unchanged:
         report = StageReport(
@@ -218,12 +214,8 @@ def _prune_work_dirs(root: Path, every: list[str] | None, configs: dict[str, dic
     """Prune and report stale work dirs; `every`: all stage names (None: ask DVC, only if
     there is any work dir to judge)."""
     if every is None and stage_runner.work_dirs(root):
-        with project.DVC_LOCK:
-            repo = project.open_repo(root)
-            try:
-                every = [s.addressing for s in project.pipeline_stages(repo)]
-            finally:
-                repo.close()
+        with project.dvc_repo(root) as repo:
+            every = [s.addressing for s in project.pipeline_stages(repo)]
     pruned = stage_runner.prune_work_dirs(root, every or [], configs)
     if pruned:
         listed = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in pruned)
@@ -338,7 +330,7 @@ def _kill_parent_run(run_id: str, stop: BaseException, stopped: int) -> None:
 
     why = f"interrupted by {interrupts.signal_name(stop)}; {stopped} running stage(s) stopped"
     client = mlflow.MlflowClient()
-    client.set_tag(run_id, "loom.error", why)
+    client.set_tag(run_id, tracking.ERROR_TAG, why)
     client.set_terminated(run_id, "KILLED")
 
 
@@ -377,7 +369,8 @@ def _restore_lock(root: Path, flow_run_id: str) -> str | None:
     client = mlflow.MlflowClient()
     earlier = client.search_runs(
         [experiment_id],
-        f"tags.`loom.pipeline` = 'true' and tags.`prefect.flow_run_id` = '{flow_run_id}'",
+        f"tags.`{tracking.PIPELINE_TAG}` = 'true' and "
+        f"tags.`{tracking.FLOW_RUN_TAG}` = '{flow_run_id}'",
         order_by=["attributes.start_time DESC"],
     )
     for run in earlier:
@@ -398,14 +391,7 @@ def _start_parent_run(
 
     experiment_id = tracking.setup(root)
     tracking.end_stale_runs(experiment_id)
-    tags = {
-        "loom.pipeline": "true",
-        **tracking.process_tags(),
-        "prefect.flow_run_id": flow_run_id,
-        **{f"loom.{k}": v for k, v in tracking.git_info(root).items()},
-        **{f"loom.{k}": v for k, v in tracking.host_info().items()},
-        **extra,
-    }
+    tags = {tracking.PIPELINE_TAG: "true", **tracking.lineage_tags(root, flow_run_id), **extra}
     run = mlflow.MlflowClient().create_run(experiment_id, tags=tags, run_name="pipeline")
     mlflow.MlflowClient().log_param(run.info.run_id, "targets", json.dumps(list(targets or [])))
     mlflow.MlflowClient().log_param(run.info.run_id, "force", str(force))
@@ -423,7 +409,7 @@ def _end_parent_run(
     if (root / "dvc.lock").exists():
         client.log_artifact(run_id, str(root / "dvc.lock"))
     if pushed is not None:
-        client.set_tag(run_id, "loom.dvc_pushed", str(pushed).lower())
+        client.set_tag(run_id, tracking.DVC_PUSHED_TAG, str(pushed).lower())
     counts = {
         s: sum(r.status == s for r in reports) for s in ("ran", "skipped", "failed", "not run")
     }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.config import build, require
-from flows import params, project
+from flows import params, project, tracking
 from flows.compare import table
 
 
@@ -31,12 +31,8 @@ class StageReport:
 
 def select_specs(root: Path, targets: list[str]) -> list[project.StageSpec]:
     """The stages `dvc repro TARGETS` would consider, in its order, with their upstream."""
-    with project.DVC_LOCK:
-        repo = project.open_repo(root)
-        try:
-            return [project.spec_of(repo, s) for s in project.select(repo, list(targets))]
-        finally:
-            repo.close()
+    with project.dvc_repo(root) as repo:
+        return [project.spec_of(repo, s) for s in project.select(repo, list(targets))]
 
 
 def stages_to_run(root: Path, specs: list[project.StageSpec], force: bool) -> set[str]:
@@ -44,13 +40,9 @@ def stages_to_run(root: Path, specs: list[project.StageSpec], force: bool) -> se
     change when they run): the rest can only be skipped."""
     if force:
         return {s.name for s in specs}
-    with project.DVC_LOCK:
-        repo = project.open_repo(root)
-        try:
-            by_name = {s.addressing: s for s in repo.index.stages}  # dvc.yaml parsed once
-            stale = {s.name for s in specs if project.changed(by_name[s.name])}
-        finally:
-            repo.close()
+    with project.dvc_repo(root) as repo:
+        by_name = {s.addressing: s for s in repo.index.stages}  # dvc.yaml parsed once
+        stale = {s.name for s in specs if project.changed(by_name[s.name])}
     todo: set[str] = set()
     for spec in specs:  # topological order
         if spec.name in stale or any(u in todo for u in spec.upstream):
@@ -77,7 +69,7 @@ def format_summary(reports: list[StageReport]) -> str:
     rows = [["stage", "status", "time", "key metrics", "mlflow run"]]
     for r in reports:
         keys = [k for k in r.key_metrics if k in r.metrics] or [
-            k for k in r.metrics if not k.endswith("seconds")
+            k for k in r.metrics if not tracking.is_wall_clock(k)
         ][:3]
         shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys)
         secs = f"{r.seconds:.1f}s" if r.status == "ran" else "-"

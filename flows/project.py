@@ -3,16 +3,19 @@
 dvc.yaml is the one declaration of the pipeline. Everything here reads it through DVC's own
 API (so foreach/matrix/templating resolve exactly as `dvc repro` resolves them) and writes
 dvc.lock through DVC's own stage methods (so the lock is byte-identical to `dvc repro`'s).
-DVC objects are not thread-safe: callers in threads serialise through `DVC_LOCK`.
+DVC objects are not thread-safe: callers in threads serialise through `DVC_LOCK`, which
+`dvc_repo` holds while a repo is open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,12 +118,19 @@ def find_root(start: Path | None = None) -> Path:
     )
 
 
-def open_repo(root: Path) -> Repo:
+@contextlib.contextmanager
+def dvc_repo(root: Path) -> Iterator[Repo]:
+    """The DVC repo at `root`, open while the block runs, under `DVC_LOCK`; closed after."""
     from dvc.repo import Repo
 
-    # Importing DVC installs its own INFO-level console handlers; Loom reports for itself.
-    logging.getLogger("dvc").setLevel(logging.WARNING)
-    return Repo(str(root))
+    with DVC_LOCK:
+        # Importing DVC installs its own INFO-level console handlers; Loom reports for itself.
+        logging.getLogger("dvc").setLevel(logging.WARNING)
+        repo = Repo(str(root))
+        try:
+            yield repo
+        finally:
+            repo.close()
 
 
 def _rel(repo: Repo, path: str) -> str:
@@ -181,15 +191,11 @@ def stage_named(repo: Repo, name: str) -> DvcStage:
 
 def load_spec(root: Path, name: str) -> StageSpec:
     """The resolved spec of stage `name` (e.g. "bpe@small"), without its upstream."""
-    with DVC_LOCK:
-        repo = open_repo(root)
-        try:
-            spec = spec_of(repo, stage_named(repo, name), with_upstream=False)
-            for stage in repo.index.stages:  # a bad key anywhere in params fails every stage
-                check_stage_name(stage.name)
-            return spec
-        finally:
-            repo.close()
+    with dvc_repo(root) as repo:
+        spec = spec_of(repo, stage_named(repo, name), with_upstream=False)
+        for stage in repo.index.stages:  # a bad key anywhere in params fails every stage
+            check_stage_name(stage.name)
+        return spec
 
 
 def select(repo: Repo, targets: list[str]) -> list[DvcStage]:
@@ -236,27 +242,22 @@ def commit(root: Path, name: str, order: list[str] | None = None) -> None:
     """
     from dvc.utils.serialize import modify_yaml
 
-    with DVC_LOCK:
-        repo = open_repo(root)
-        try:
-            with repo.lock:
-                stage = stage_named(repo, name)
-                stage.save()
-                stage.commit()
-                stage.dump(update_pipeline=False)
-                if order is not None:
-                    rank: dict[str, int] = {}
-                    for n in order:
-                        rank.setdefault(n, len(rank))
-                    with modify_yaml(os.path.join(repo.root_dir, "dvc.lock")) as data:
-                        entries = data["stages"]
-                        ordered = sorted(entries, key=lambda n: rank.get(n, len(rank)))
-                        if ordered != list(entries):
-                            items = [(n, entries[n]) for n in ordered]
-                            entries.clear()
-                            entries.update(items)
-        finally:
-            repo.close()
+    with dvc_repo(root) as repo, repo.lock:
+        stage = stage_named(repo, name)
+        stage.save()
+        stage.commit()
+        stage.dump(update_pipeline=False)
+        if order is not None:
+            rank: dict[str, int] = {}
+            for n in order:
+                rank.setdefault(n, len(rank))
+            with modify_yaml(os.path.join(repo.root_dir, "dvc.lock")) as data:
+                entries = data["stages"]
+                ordered = sorted(entries, key=lambda n: rank.get(n, len(rank)))
+                if ordered != list(entries):
+                    items = [(n, entries[n]) for n in ordered]
+                    entries.clear()
+                    entries.update(items)
 
 
 def digests(root: Path, paths: list[str]) -> dict[str, str]:
@@ -267,17 +268,13 @@ def digests(root: Path, paths: list[str]) -> dict[str, str]:
     from dvc_data.hashfile.build import build
 
     out: dict[str, str] = {}
-    with DVC_LOCK:
-        repo = open_repo(root)
-        try:
-            for path in paths:
-                full = os.path.join(repo.root_dir, path)
-                if not os.path.exists(full):
-                    continue
-                _, _, obj = build(repo.cache.local, full, repo.fs, "md5", ignore=repo.dvcignore)
-                out[path] = obj.hash_info.value
-        finally:
-            repo.close()
+    with dvc_repo(root) as repo:
+        for path in paths:
+            full = os.path.join(repo.root_dir, path)
+            if not os.path.exists(full):
+                continue
+            _, _, obj = build(repo.cache.local, full, repo.fs, "md5", ignore=repo.dvcignore)
+            out[path] = obj.hash_info.value
     return out
 
 
@@ -299,28 +296,20 @@ def pull(root: Path, targets: list[str]) -> int:
     remote; whatever the remote lacks is left for the stages to make. Returns files fetched."""
     from dvc.exceptions import CheckoutError
 
-    with DVC_LOCK:
-        repo = open_repo(root)
-        try:
-            try:  # repo.pull takes DVC's repo lock itself
-                return repo.pull(
-                    targets=targets or None,
-                    with_deps=True,
-                    allow_missing=True,
-                    remote=_remote(repo),
-                )
-            except CheckoutError:  # outputs never pushed yet: the stages will make them
-                return 0
-        finally:
-            repo.close()
+    with dvc_repo(root) as repo:
+        try:  # repo.pull takes DVC's repo lock itself
+            return repo.pull(
+                targets=targets or None,
+                with_deps=True,
+                allow_missing=True,
+                remote=_remote(repo),
+            )
+        except CheckoutError:  # outputs never pushed yet: the stages will make them
+            return 0
 
 
 def push(root: Path, targets: list[str]) -> int:
     """Upload the committed outputs of `targets` to the DVC remote. Only committed (cached)
     outputs exist to push, so nothing half-written can leave the machine."""
-    with DVC_LOCK:
-        repo = open_repo(root)
-        try:
-            return repo.push(targets=targets or None, with_deps=True, remote=_remote(repo))
-        finally:
-            repo.close()
+    with dvc_repo(root) as repo:
+        return repo.push(targets=targets or None, with_deps=True, remote=_remote(repo))

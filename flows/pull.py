@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flows import atomic, project, tracking
+from flows import atomic, git, project, tracking
 
 
 class PullError(RuntimeError):
@@ -26,7 +26,7 @@ def latest_pipeline_run(root: Path) -> str:
     exp = client.get_experiment_by_name(tracking.experiment_name())
     runs = exp and client.search_runs(
         [exp.experiment_id],
-        "tags.`loom.pipeline` = 'true' and tags.`loom.dvc_pushed` = 'true'",
+        f"tags.`{tracking.PIPELINE_TAG}` = 'true' and tags.`{tracking.DVC_PUSHED_TAG}` = 'true'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
@@ -50,10 +50,10 @@ def pull_run(root: Path, run_id: str | None, targets: list[str]) -> tuple[str, i
             text = lock.read_text()
     except (MlflowException, OSError) as err:
         raise PullError(f"run {run_id}: cannot fetch its dvc.lock from MLflow: {err}") from None
-    if run.data.tags.get("loom.dvc_pushed") != "true":
+    if run.data.tags.get(tracking.DVC_PUSHED_TAG) != "true":
         raise PullError(f"run {run_id} did not push its outputs to the DVC remote")
-    commit = run.data.tags.get("loom.git.commit", "")
-    here = tracking.git_info(root)["git.commit"]
+    commit = run.data.tags.get(tracking.GIT_COMMIT_TAG, "")
+    here = git.checkout(root).commit
     if commit and commit != here:
         print(
             f"loom pull: note: run {run_id[:12]} ran commit {commit[:12]}; this checkout is at "

@@ -21,7 +21,6 @@ LOOM_SERVICES_DIR=<state dir>, which its children inherit; `down` stops those to
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import fcntl
@@ -44,12 +43,12 @@ from typing import Any, Literal
 
 import psutil
 
+from flows import pools as work_pools
+
 FORMAT = 1
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_MLFLOW_PORT = 5000
-POOLS = ("cpu", "gpu")
-NOT_HEALTHY_EXIT = 3
 MARKER_ENV = "LOOM_SERVICES_DIR"
 # Caller settings that would point a service at some other server, home or store.
 _FOREIGN_ENV = (
@@ -309,77 +308,11 @@ def _worker_specs(
             PREFECT_API_URL=api_url,
             MLFLOW_TRACKING_URI=mlflow_url,
             CUDA_VISIBLE_DEVICES=devices,
-            # Flow runs send heartbeats; the automation below crashes runs that stop sending.
-            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
+            # Flow runs send heartbeats; pools.ensure_zombie_automation crashes those that stop.
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(work_pools.HEARTBEAT_SECONDS),
         )
         specs.append(_Spec(name, cmd, env, api_url, pool=pool))
     return specs
-
-
-HEARTBEAT_SECONDS = 30  # Prefect's minimum
-ZOMBIE_AUTOMATION = "loom: crash flow runs that stopped sending heartbeats"
-
-
-def _ensure_zombie_automation(api_url: str, silence: float = 3 * HEARTBEAT_SECONDS) -> None:
-    """Prefect's recipe for zombie flow runs: a run whose heartbeats stop (its worker or
-    machine died) is set Crashed, so it can be retried; the retry resumes after the stages
-    the dead attempt finished (see flows/pipeline.py)."""
-    from datetime import timedelta
-
-    from prefect.automations import Automation
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        with get_client(sync_client=True) as client:
-            if client.read_automations_by_name(ZOMBIE_AUTOMATION):
-                return
-        Automation(
-            name=ZOMBIE_AUTOMATION,
-            trigger=EventTrigger(
-                after={"prefect.flow-run.heartbeat"},
-                expect={
-                    "prefect.flow-run.heartbeat",
-                    "prefect.flow-run.Completed",
-                    "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled",
-                    "prefect.flow-run.Crashed",
-                },
-                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-                for_each={"prefect.resource.id"},
-                posture=Posture.Proactive,
-                threshold=1,
-                within=timedelta(seconds=silence),
-            ),
-            actions=[
-                ChangeFlowRunState(
-                    state=StateType.CRASHED,
-                    message=f"no heartbeat for {silence:.0f} s: its worker or machine died",
-                )
-            ],
-        ).create()
-
-
-def _ensure_pools(api_url: str, names: Iterable[str]) -> None:
-    """Create the process work pools that do not exist yet."""
-    from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
-
-    template = ProcessWorker.get_default_base_job_template()
-    with SyncPrefectClient(api=api_url) as client:
-        for name in names:
-            try:
-                client.read_work_pool(name)
-            except ObjectNotFound:
-                with contextlib.suppress(ObjectAlreadyExists):  # created meanwhile
-                    pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
-                    client.create_work_pool(pool)
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -553,8 +486,8 @@ def up(
                 progress(f"waiting for {', '.join(s.name for s in todo)} to answer")
             _wait_healthy([live["prefect"], live["mlflow"]], timeout)
             api_url, mlflow_url = live["prefect"].url + "/api", live["mlflow"].url
-            _ensure_pools(api_url, dict.fromkeys([*POOLS, *pools]))
-            _ensure_zombie_automation(api_url)
+            work_pools.ensure(api_url, dict.fromkeys([*work_pools.POOLS, *pools]))
+            work_pools.ensure_zombie_automation(api_url)
             specs = _worker_specs(state_dir, api_url, mlflow_url, pools, gpu_slots)
             _launch(state_dir, [s for s in specs if s.name not in live], live, started, progress)
             _wait_healthy([s for s in live.values() if s.pool is not None], timeout)
@@ -633,118 +566,3 @@ def format_status(rows: list[ServiceStatus]) -> str:
         "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[4]])
         for row in table
     )
-
-
-# --- CLI -----------------------------------------------------------------------------------
-
-
-def _say(msg: str) -> None:
-    print(f"loom services: {msg}", file=sys.stderr)
-
-
-def _port(value: int | None, env: str, default: int) -> int:
-    raw = value if value is not None else os.environ.get(env, default)
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ServicesError(f"{env}={raw!r} is not a port number") from None
-    if not 0 < port < 65536:
-        raise ServicesError(f"port {port} is out of range 1-65535")
-    return port
-
-
-def _up(args: argparse.Namespace, state_dir: Path) -> int:
-    result = up(
-        state_dir,
-        host=args.host,
-        prefect_port=_port(args.prefect_port, "LOOM_PREFECT_PORT", DEFAULT_PREFECT_PORT),
-        mlflow_port=_port(args.mlflow_port, "LOOM_MLFLOW_PORT", DEFAULT_MLFLOW_PORT),
-        workers=[p for arg in args.workers for p in arg.split(",") if p],
-        gpu_slots=args.gpu_slots,
-        timeout=args.timeout,
-        progress=_say,
-    )
-    print(format_status(status(state_dir)), file=sys.stderr)
-    # Only the exports on stdout: `eval "$(loom services up)"` sets them in a shell.
-    for key, value in result["env"].items():
-        print(f"export {key}={value}")
-    return 0
-
-
-def _down(args: argparse.Namespace, state_dir: Path) -> int:
-    stopped = down(state_dir, grace=args.grace)
-    _say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
-    return 0
-
-
-def _status(args: argparse.Namespace, state_dir: Path) -> int:
-    rows = status(state_dir)
-    if not rows:
-        _say(f"no services recorded in {state_dir.resolve()} (start them: loom services up)")
-        return NOT_HEALTHY_EXIT
-    print(format_status(rows))
-    return 0 if all(r.state == "running" for r in rows) else NOT_HEALTHY_EXIT
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    action = {"up": _up, "down": _down, "status": _status}[args.action]
-    try:
-        return action(args, args.state_dir or default_state_dir())
-    except ServicesError as err:
-        print(f"loom services {args.action}: error: {err}", file=sys.stderr)
-        return 1
-
-
-def register(subparsers: Any) -> None:
-    """Add `services up|down|status` to the `loom` command's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--state-dir",
-        type=Path,
-        help="pid files, logs, databases (default: $LOOM_STATE_DIR or <project>/.loom/services)",
-    )
-    p = subparsers.add_parser(
-        "services",
-        help="start/stop local Prefect and MLflow servers and Prefect workers",
-        description=__doc__.split("\n\n")[0],
-        epilog='`up` prints only `export NAME=URL` lines on stdout: eval "$(loom services up)". '
-        f"`status` exits 0 when every recorded service is healthy, {NOT_HEALTHY_EXIT} otherwise "
-        "(also when none is recorded).",
-    )
-    sub = p.add_subparsers(dest="action", required=True)
-
-    u = sub.add_parser(
-        "up",
-        parents=[common],
-        help="start what is not running; print the env exports for clients",
-    )
-    u.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default %(default)s)")
-    u.add_argument("--prefect-port", type=int, help="default: $LOOM_PREFECT_PORT or 4200")
-    u.add_argument("--mlflow-port", type=int, help="default: $LOOM_MLFLOW_PORT or 5000")
-    u.add_argument(
-        "--workers",
-        action="append",
-        default=[],
-        metavar="POOL",
-        help="start a process worker on POOL, e.g. cpu (repeatable); it sees no GPU",
-    )
-    u.add_argument(
-        "--gpu-slots",
-        type=int,
-        default=0,
-        metavar="N",
-        help="N workers on pool gpu; worker i sees only GPU i and runs one flow run at a time",
-    )
-    u.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
-    u.set_defaults(func=_cmd)
-
-    d = sub.add_parser("down", parents=[common], help="stop every service `up` started")
-    d.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
-    d.set_defaults(func=_cmd)
-
-    s = sub.add_parser(
-        "status",
-        parents=[common],
-        help=f"table of services; exit 0 if all are healthy, {NOT_HEALTHY_EXIT} otherwise",
-    )
-    s.set_defaults(func=_cmd)

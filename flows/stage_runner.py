@@ -7,6 +7,7 @@ success; the MLflow run records the outcome either way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -15,6 +16,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,25 +87,20 @@ def run_stage(root: Path, name: str) -> Outcome:
         tracking.end_stale_runs(experiment_id)
 
     tags = {
-        "loom.stage": name,
-        "loom.component": stage.name,
-        "loom.component_version": stage.version,
-        "loom.cmd": spec.cmd,
-        **{f"loom.{k}": v for k, v in tracking.git_info(root).items()},
-        **{f"loom.{k}": v for k, v in tracking.host_info().items()},
-        **tracking.process_tags(),
+        tracking.STAGE_TAG: name,
+        tracking.COMPONENT_TAG: stage.name,
+        tracking.COMPONENT_VERSION_TAG: stage.version,
+        tracking.CMD_TAG: spec.cmd,
+        **tracking.lineage_tags(root, os.environ.get(tracking.FLOW_RUN_ENV) or None),
     }
     known = project.digests(root, spec.deps)  # DVC md5 by path: tags and datasets share it
-    tags.update({f"dvc.dep.{p}": d for p, d in known.items()})
+    tags.update({f"{tracking.DEP_TAG_PREFIX}{p}": d for p, d in known.items()})
     tags.update(tracking.extra_tags())
-    if os.environ.get(tracking.FLOW_RUN_ENV):
-        tags["prefect.flow_run_id"] = os.environ[tracking.FLOW_RUN_ENV]
     parent = os.environ.get(tracking.PARENT_RUN_ENV) or None
     resolved = to_dict(config)
-    work = work_dir(root, name, resolved, known)
 
     with (
-        workspace.work_dir_locked(work, f"loom stage {name}"),
+        claim_work_dir(work_dir(root, name, resolved, known), f"loom stage {name}") as work,
         mlflow.start_run(
             experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags
         ) as run,
@@ -112,7 +109,7 @@ def run_stage(root: Path, name: str) -> Outcome:
         try:
             metrics = _tracked_run(root, spec, stage, config, resolved, work, inputs, known)
         except interrupts.Interrupted as stop:
-            mlflow.set_tag("loom.error", f"interrupted by {stop.name}")
+            mlflow.set_tag(tracking.ERROR_TAG, f"interrupted by {stop.name}")
             mlflow.end_run("KILLED")
             raise
 
@@ -152,7 +149,7 @@ def _tracked_run(
             moved = {str(scratch[r]): str(targets[r]) for r in targets}
     except Exception as err:
         full = _disk_full(err, targets)
-        mlflow.set_tag("loom.error", f"{type(full or err).__name__}: {full or err}"[:5000])
+        mlflow.set_tag(tracking.ERROR_TAG, f"{type(full or err).__name__}: {full or err}"[:5000])
         if full is not None:
             raise full from err
         raise
@@ -163,7 +160,7 @@ def _tracked_run(
     write_reports(root, spec, metrics, result.curves)
 
     out_digests = project.digests(root, spec.outs + spec.metrics + spec.plots)
-    mlflow.set_tags({f"dvc.out.{p}": d for p, d in out_digests.items()})
+    mlflow.set_tags({f"{tracking.OUT_TAG_PREFIX}{p}": d for p, d in out_digests.items()})
     known.update(out_digests)
     mlflow.log_metrics(metrics)
     tracking.log_curves(client, run_id, result.curves)
@@ -188,6 +185,31 @@ def work_dir(root: Path, name: str, config: dict, deps: dict[str, str]) -> Path:
     key = json.dumps([name, config, deps], sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return _work_base(root) / f"{name.replace('@', '-')}-{digest}"
+
+
+@contextlib.contextmanager
+def claim_work_dir(work: Path, command: str, spares: int = 16) -> Iterator[Path]:
+    """Own `work`, or when a live process owns it, a spare beside it (`<work>.1`, ...).
+
+    Two workspaces on one work disk (two workers of one machine, both running the same stage
+    at the same commit) each train on their own; neither resumes from the other's live
+    checkpoint. A spare that a killed run left work in is taken before an empty one, so a
+    rerun still resumes wherever its first attempt was.
+    """
+    candidates = [work, *(work.with_name(f"{work.name}.{i}") for i in range(1, spares + 1))]
+    left = [c for c in candidates if (c / RUN_RECORD).is_file()]
+    busy = None
+    for candidate in [*left, *candidates]:
+        owned = contextlib.ExitStack()
+        try:
+            owned.enter_context(workspace.work_dir_locked(candidate, command))
+        except workspace.WorkDirBusy as err:
+            busy = busy or err
+            continue
+        with owned:
+            yield candidate
+        return
+    raise busy or workspace.WorkDirBusy(f"{work}: no free work directory")
 
 
 RUN_RECORD = "mlflow-run.json"  # in a work dir: the MLflow run that last worked in it
@@ -256,7 +278,7 @@ def _link_resumed_run(work: Path, run_id: str, name: str, config: dict) -> None:
         earlier = None
     left = [p for p in work.iterdir() if p.name not in (RUN_RECORD, workspace.OWNER_FILE)]
     if earlier and left:
-        mlflow.set_tag("loom.resumed_from", earlier)
+        mlflow.set_tag(tracking.RESUMED_FROM_TAG, earlier)
     atomic.write_json(record, {"run_id": run_id, "stage": name, "config": config})
 
 
@@ -328,10 +350,6 @@ def _log_dataset(
     tracking.log_input(dataset, context, tags)
 
 
-def is_wall_clock(metric: str) -> bool:
-    return metric.endswith(("_seconds", "_per_second")) or metric == "seconds"
-
-
 def write_reports(
     root: Path,
     spec: project.StageSpec,
@@ -340,11 +358,10 @@ def write_reports(
 ) -> None:
     """The stage's declared DVC metrics (JSON/YAML) and plots (JSON records by step) files.
 
-    Wall-clock metrics (`*_seconds`, `*_per_second`) go to MLflow only: the DVC metrics file
-    is a versioned output, and the same inputs must give the same bytes (and the same
-    dvc.lock).
+    Wall-clock metrics (`tracking.is_wall_clock`) go to MLflow only: the DVC metrics file is
+    a versioned output, and the same inputs must give the same bytes (and the same dvc.lock).
     """
-    metrics = {k: v for k, v in metrics.items() if not is_wall_clock(k)}
+    metrics = {k: v for k, v in metrics.items() if not tracking.is_wall_clock(k)}
     for rel in spec.metrics:
         target = root / rel
         if target.suffix in (".yaml", ".yml"):

@@ -1,5 +1,5 @@
 """`loom sweep`: the pipeline once per point of a params grid, on Prefect (what
-`dvc exp run --queue` + `dvc queue start` do), and `loom compare --sweep ID` to read it back.
+`dvc exp run --queue` + `dvc queue start` do).
 
 Local mode runs every point in its own `git worktree` of HEAD (under `.loom/sweeps/`, removed
 afterwards), so points never share a params.yaml or a dvc.lock and the main workspace is never
@@ -10,39 +10,27 @@ Pool mode asks a deployment for one flow run per point; its worker clones the de
 
 Every MLflow run of a point (its pipeline run and its stage runs) carries the tags
 `loom.sweep_id`, `loom.sweep_index` and `loom.sweep_point` (the point as JSON), which is all
-`format_sweep` needs to put the grid back together.
+`compare.format_sweep` (`loom compare --sweep ID`) needs to put the grid back together.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import functools
 import itertools
 import json
 import os
-import re
 import secrets
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flows import params, project, tracking
-from flows.compare import table
+from flows import compare, git, params, project, tracking
 from flows.params import ParamsError
-
-SWEEP_TAG = "loom.sweep_id"
-INDEX_TAG = "loom.sweep_index"
-POINT_TAG = "loom.sweep_point"
-_SWEEP_ID = re.compile(r"^[A-Za-z0-9_.-]+$")  # also keeps the MLflow filter string well-formed
-_GIT_LOCK = threading.Lock()  # `git worktree add/remove` both edit .git/worktrees
 
 
 class SweepError(RuntimeError):
@@ -118,22 +106,19 @@ def overrides_of(point: dict[str, Any]) -> list[str]:
 
 
 def point_tags(sweep_id: str, index: int, point: dict[str, Any]) -> dict[str, str]:
-    return {SWEEP_TAG: sweep_id, INDEX_TAG: str(index), POINT_TAG: _as_json(point)}
+    return {
+        tracking.SWEEP_ID_TAG: sweep_id,
+        tracking.SWEEP_INDEX_TAG: str(index),
+        tracking.SWEEP_POINT_TAG: _as_json(point),
+    }
 
 
 # ---- checks before any point runs ------------------------------------------------------------
 
 
-def _git(cwd: Path, *args: str) -> str:
-    res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise project.ProjectError(f"git {' '.join(args)} (in {cwd}): {res.stderr.strip()}")
-    return res.stdout
-
-
 def params_at(root: Path, commit: str) -> dict[str, Any]:
     """params.yaml as committed at `commit` (what a sweep's points start from)."""
-    text = _git(root, "show", f"{commit}:./{params.PARAMS_FILE}")
+    text = git.show(root, commit, params.PARAMS_FILE)
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ParamsError(f"{params.PARAMS_FILE} at {commit[:10]}: not a mapping of sections")
@@ -154,9 +139,10 @@ def uncommitted(root: Path) -> list[str]:
     """Tracked files changed since HEAD, and dvc.lock if git does not track it: a sweep runs
     HEAD plus the grid's overrides, so none of these changes take part."""
     found = []
-    for line in _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".").splitlines():
+    tracked = git.run(root, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    for line in tracked.splitlines():
         found.append(line[3:])
-    lock = _git(root, "status", "--porcelain", "--", "dvc.lock").strip()
+    lock = git.run(root, "status", "--porcelain", "--", "dvc.lock").strip()
     if lock.startswith("??"):
         found.append(lock[3:] + " (untracked: every point re-runs every stage)")
     return found
@@ -168,41 +154,13 @@ def uncommitted(root: Path) -> list[str]:
 def share_cache(root: Path, workspace: Path) -> None:
     """Give `workspace` the project's DVC cache and local config (remote credentials live
     there). DVC resolves relative paths on read and re-relativises them on write."""
-    with project.DVC_LOCK:
-        main = project.open_repo(root)
-        try:
-            cache_dir = main.cache.local_cache_dir
-            local = main.config.read("local")
-        finally:
-            main.close()
-        repo = project.open_repo(workspace)
-        try:
-            with repo.config.edit("local") as conf:
-                for section, values in local.items():
-                    conf[section].update(values)
-                conf["cache"]["dir"] = cache_dir
-        finally:
-            repo.close()
-
-
-@contextlib.contextmanager
-def worktree(root: Path, commit: str, path: Path) -> Iterator[Path]:
-    """A detached `git worktree` of `commit` at `path`; yields the DVC root inside it (the
-    project may sit in a subdirectory of its git repository). Removed on exit, whatever
-    happened inside."""
-    top = Path(_git(root, "rev-parse", "--show-toplevel").strip()).resolve()
-    with _GIT_LOCK:
-        _git(top, "worktree", "add", "--detach", str(path), commit)
-    try:
-        yield path / root.resolve().relative_to(top)
-    finally:
-        with _GIT_LOCK:
-            # --force: params.yaml is modified and data/ is full of git-ignored outputs.
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(path)], cwd=top, capture_output=True
-            )
-            subprocess.run(["git", "worktree", "prune"], cwd=top, capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
+    with project.dvc_repo(root) as main:
+        cache_dir = main.cache.local_cache_dir
+        local = main.config.read("local")
+    with project.dvc_repo(workspace) as repo, repo.config.edit("local") as conf:
+        for section, values in local.items():
+            conf[section].update(values)
+        conf["cache"]["dir"] = cache_dir
 
 
 def _outcome(
@@ -245,7 +203,7 @@ def run_local_point(
     answer = Path(workdir) / f"point-{index}.json"
     env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
     try:
-        with worktree(Path(root), commit, workspace) as point_root:
+        with git.worktree(Path(root), commit, workspace) as point_root:
             share_cache(Path(root), point_root)
             # -P: `flows` from this installation, not from the worktree's checkout.
             cmd = [sys.executable, "-P", "-m", "flows.sweep", json.dumps(request), str(answer)]
@@ -343,19 +301,6 @@ def _check_deployment(name: str, commit: str, logger: Any) -> None:
 # ---- the flow ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _environ(name: str, value: str) -> Iterator[None]:
-    had = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if had is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = had
-
-
 def run_sweep(
     grid_specs: list[str],
     targets: list[str] | None = None,
@@ -379,7 +324,7 @@ def run_sweep(
         raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
     rootp = project.find_root(Path(root) if root else None)
     points = parse_grid(grid_specs)
-    commit = _git(rootp, "rev-parse", "HEAD").strip()  # every point runs this one commit
+    commit = git.head(rootp)  # every point runs this one commit
     check_keys(params_at(rootp, commit), points[0])
     logger = get_run_logger()
     dirty = uncommitted(rootp)
@@ -410,7 +355,7 @@ def run_sweep(
         ]
     # Stage runs in a worktree would default to the worktree's own mlflow/ store, deleted with
     # it: every run of the sweep goes to the project's store.
-    with _environ("MLFLOW_TRACKING_URI", tracking.tracking_uri(rootp)):
+    with tracking.environ("MLFLOW_TRACKING_URI", tracking.tracking_uri(rootp)):
         tracking.setup(rootp)  # the experiment is created at the project's artifact root
         try:
             futures, running = [], []
@@ -422,10 +367,10 @@ def run_sweep(
             results = [f.result() for f in futures]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        runs = {p.index: p.parent_run_id for p in collect(rootp, sweep_id)}
+        runs = {p.index: p.parent_run_id for p in compare.collect(rootp, sweep_id)}
         for result in results:
             result["parent_run_id"] = runs.get(result["index"], "")
-        print(format_sweep(rootp, sweep_id, metric, descending))
+        print(compare.format_sweep(rootp, sweep_id, metric, descending))
     return {"sweep_id": sweep_id, "points": results}
 
 
@@ -447,238 +392,10 @@ def _sweep_flow() -> Any:
 
 def __getattr__(name: str) -> Any:
     # `sweep`, the Prefect flow, is made on first use: importing Prefect takes over a second,
-    # and the CLI imports this module for every `loom` command, `loom stage` included.
+    # which the grid's checks (and their tests) do without.
     if name == "sweep":
         return _sweep_flow()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ---- reading a sweep back from MLflow ------------------------------------------------------
-
-
-@dataclass
-class PointRuns:
-    """What MLflow holds for one point of a sweep."""
-
-    index: int
-    values: dict[str, Any]
-    status: str = "-"  # its pipeline run's: FINISHED | FAILED | RUNNING ("-": none recorded)
-    parent_run_id: str = ""
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> metrics
-    key_metrics: dict[str, list[str]] = field(default_factory=dict)  # stage -> names
-    ran: set[str] = field(default_factory=set)  # stages that ran (not skipped) at this point
-
-
-def _summary(run: Any) -> list[dict[str, Any]]:
-    """The pipeline run's per-stage reports: skipped stages' metrics are only there."""
-    import mlflow
-
-    try:
-        with _environ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
-            data = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/summary.json")
-    except Exception:  # no summary: the pipeline run was interrupted
-        return []
-    return data if isinstance(data, list) else []
-
-
-def collect(root: Path, sweep_id: str) -> list[PointRuns]:
-    """The sweep's points, in grid order, from the MLflow runs tagged with `sweep_id`."""
-    import mlflow
-
-    if not _SWEEP_ID.match(sweep_id):
-        raise ParamsError(f"sweep id {sweep_id!r}: expected letters, digits, '-', '_' or '.'")
-    experiment_id = tracking.setup(root)
-    client = mlflow.MlflowClient()
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            f"tags.`{SWEEP_TAG}` = '{sweep_id}'",
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    points: dict[int, PointRuns] = {}
-    # Pipeline runs first (every stage, from summary.json), then stage runs on top.
-    for run in sorted(runs, key=lambda r: r.data.tags.get("loom.pipeline") != "true"):
-        tags = run.data.tags
-        if INDEX_TAG not in tags or POINT_TAG not in tags:
-            continue
-        index = int(tags[INDEX_TAG])
-        point = points.setdefault(index, PointRuns(index, json.loads(tags[POINT_TAG])))
-        if tags.get("loom.pipeline") == "true":
-            point.status, point.parent_run_id = run.info.status, run.info.run_id
-            for report in _summary(run):
-                point.metrics[report["stage"]] = dict(report.get("metrics") or {})
-                point.key_metrics[report["stage"]] = list(report.get("key_metrics") or [])
-        elif "loom.stage" in tags:
-            stage = tags["loom.stage"]
-            point.metrics[stage] = {**point.metrics.get(stage, {}), **run.data.metrics}
-            point.ran.add(stage)
-    return [points[i] for i in sorted(points)]
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value if isinstance(value, str) else _as_json(value)
-
-
-def _key_metrics(point: PointRuns, stage: str) -> str:
-    metrics = point.metrics.get(stage, {})
-    names = [k for k in point.key_metrics.get(stage, []) if k in metrics] or [
-        k for k in metrics if not k.endswith("seconds")
-    ][:3]
-    return ", ".join(f"{k}={_fmt(metrics[k])}" for k in names) or "-"
-
-
-def format_sweep(
-    root: Path, sweep_id: str, metric: str | None = None, descending: bool = False
-) -> str:
-    """The sweep as a table, one row per point: the swept keys' values, the point's status,
-    then either `metric` (one column per stage that logged it, "metric@stage" when several;
-    rows sorted by the first, ascending unless `descending`) or, without a metric, the key
-    metrics of every stage that ran at some point (rows in grid order)."""
-    points = collect(root, sweep_id)
-    if not points:
-        experiment = tracking.experiment_name()
-        return f"no MLflow runs tagged {SWEEP_TAG}={sweep_id} in experiment {experiment!r}"
-    return format_points(sweep_id, points, metric, descending)
-
-
-def format_points(
-    sweep_id: str, points: list[PointRuns], metric: str | None = None, descending: bool = False
-) -> str:
-    """`format_sweep` for points already collected."""
-    keys = list(dict.fromkeys(k for p in points for k in p.values))
-    stages = list(dict.fromkeys(s for p in points for s in p.metrics))
-    note = ""
-    if metric:
-        stages = [s for s in stages if any(metric in p.metrics.get(s, {}) for p in points)]
-        headers = [metric] if len(stages) == 1 else [f"{metric}@{s}" for s in stages]
-
-        def cells(p: PointRuns) -> list[str]:
-            return [
-                _fmt(p.metrics[s][metric]) if metric in p.metrics.get(s, {}) else "-"
-                for s in stages
-            ]
-
-        if stages:
-            have = [p for p in points if metric in p.metrics.get(stages[0], {})]
-            have.sort(key=lambda p: p.metrics[stages[0]][metric], reverse=descending)
-            points = have + [p for p in points if p not in have]
-        else:
-            logged = sorted({m for p in points for ms in p.metrics.values() for m in ms})
-            note = f"\n(no stage of this sweep logged {metric!r}; logged: {', '.join(logged)})"
-    else:
-        stages = [s for s in stages if any(s in p.ran for p in points)] or stages
-        headers = stages
-
-        def cells(p: PointRuns) -> list[str]:
-            return [_key_metrics(p, s) for s in stages]
-
-    rows = [["point", *keys, "status", *headers]]
-    for p in points:
-        rows.append(
-            [str(p.index), *(_fmt(p.values.get(k, "-")) for k in keys), p.status, *cells(p)]
-        )
-    failed = sum(p.status == "FAILED" for p in points)
-    title = f"sweep {sweep_id}: {len(points)} point(s) in MLflow, {failed} failed"
-    return f"{title}\n{table(rows)}{note}"
-
-
-# ---- the CLI -------------------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> None:
-    """Add `loom sweep` to the `loom` parser's subcommands."""
-    s = subparsers.add_parser(
-        "sweep",
-        help="run the pipeline once per point of a params grid, each in its own workspace",
-        description=(
-            "Run the pipeline once per point of the cartesian product of the -S value lists, "
-            "from the committed HEAD plus each point's values; then print the grid's results."
-        ),
-    )
-    s.add_argument("stages", nargs="*", help="stages or stage groups to run (with their upstream)")
-    s.add_argument(
-        "-S",
-        "--set-param",
-        dest="grid",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2,...",
-        help="values to sweep a params.yaml key over (repeat for more keys: their product)",
-    )
-    s.add_argument(
-        "-j", "--max-parallel", type=int, default=2, help="points to run at once (default 2)"
-    )
-    s.add_argument(
-        "--pool",
-        metavar="DEPLOYMENT",
-        help="run each point as a flow run of this deployment (e.g. loom-pipeline/text-nightly)",
-    )
-    s.add_argument("--metric", help="sort the results by this metric")
-    s.add_argument("--desc", action="store_true", help="sort highest first")
-    s.set_defaults(func=_cmd_sweep)
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    if not args.grid:
-        print("loom sweep: error: give at least one -S KEY=V1,V2,...", file=sys.stderr)
-        return 2
-    if args.max_parallel < 1:
-        print("loom sweep: error: --max-parallel must be >= 1", file=sys.stderr)
-        return 2
-    flow = _sweep_flow().with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=args.max_parallel)
-    )
-    try:
-        result = flow(
-            grid_specs=args.grid,
-            targets=args.stages or None,
-            root=str(project.find_root()),
-            max_parallel=args.max_parallel,
-            pool_deployment=args.pool,
-            metric=args.metric,
-            descending=args.desc,
-        )
-    except (ParamsError, project.ProjectError):
-        raise  # `loom` reports these itself
-    except Exception as err:
-        print(f"loom sweep: error: {err}", file=sys.stderr)
-        return 1
-    points = result["points"]
-    failed = [p for p in points if p["status"] != "succeeded"]
-    for p in failed:
-        print(
-            f"loom sweep: point {p['index']} {_as_json(p['overrides'])} failed: {p['error']}",
-            file=sys.stderr,
-        )
-    metric = f" --metric {args.metric}" if args.metric else ""
-    print(
-        f"\n{len(points) - len(failed)} of {len(points)} point(s) succeeded. "
-        f"Again: loom compare --sweep {result['sweep_id']}{metric}"
-    )
-    return 1 if failed else 0
-
-
-def sweep_compare(args: argparse.Namespace) -> int:
-    """`loom compare --sweep ID [--metric NAME] [--desc]`."""
-    points = collect(project.find_root(), args.sweep)
-    if not points:
-        print(
-            f"loom compare: error: no MLflow runs tagged {SWEEP_TAG}={args.sweep}", file=sys.stderr
-        )
-        return 1
-    print(format_points(args.sweep, points, args.metric, getattr(args, "desc", False)))
-    return 0
 
 
 if __name__ == "__main__":

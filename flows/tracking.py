@@ -1,31 +1,58 @@
 """MLflow tracking for stage runs: where the store is, what a run records, lineage tags.
 
 Default store: SQLite under `<project>/mlflow/` (artifacts beside it); `MLFLOW_TRACKING_URI`
-selects a server. A server that does not answer fails the stage before any work.
+selects a server. A server that does not answer fails the stage before any work. The names
+of the tags Loom writes and reads, and the rule that keeps wall-clock metrics out of
+versioned files and summaries, live here and nowhere else.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import platform
 import re
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from flows import git
 
 EXPERIMENT_ENV = "LOOM_EXPERIMENT"
 DEFAULT_EXPERIMENT = "loom"
 PARENT_RUN_ENV = "LOOM_MLFLOW_PARENT_RUN_ID"
 FLOW_RUN_ENV = "LOOM_PREFECT_FLOW_RUN_ID"
 EXTRA_TAGS_ENV = "LOOM_RUN_TAGS"  # JSON object of extra tags for every run (e.g. a sweep id)
+
+# MLflow tags. A stage run carries STAGE_TAG; a flow's pipeline (parent) run PIPELINE_TAG.
+STAGE_TAG = "loom.stage"  # the dvc.yaml stage name, e.g. "bpe@small"
+PIPELINE_TAG = "loom.pipeline"  # "true"
+COMPONENT_TAG = "loom.component"  # registry name
+COMPONENT_VERSION_TAG = "loom.component_version"
+CMD_TAG = "loom.cmd"
+ERROR_TAG = "loom.error"  # why a run failed or was killed
+RESUMED_FROM_TAG = "loom.resumed_from"  # the killed run whose checkpoints this one resumed
+DVC_PUSHED_TAG = "loom.dvc_pushed"  # pipeline runs asked to push: "true" once all was pushed
+DEP_TAG_PREFIX, OUT_TAG_PREFIX = "dvc.dep.", "dvc.out."  # + a path: its DVC md5
+# Lineage (`lineage_tags`): the code, the machine, the process, the Prefect flow run.
+GIT_COMMIT_TAG, GIT_DIRTY_TAG = "loom.git.commit", "loom.git.dirty"
+HOST_TAG, PYTHON_TAG, DEVICE_TAG = "loom.host", "loom.python", "loom.device"
+CUDA_DEVICES_TAG = "loom.cuda_visible_devices"
+PID_TAG = "loom.pid"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+# A sweep point's runs (pipeline and stages): the sweep, the point's index, the point as JSON.
+SWEEP_ID_TAG = "loom.sweep_id"
+SWEEP_INDEX_TAG = "loom.sweep_index"
+SWEEP_POINT_TAG = "loom.sweep_point"
+
 # Never logged as params, whatever section they appear in.
 _SECRET_KEY = re.compile(
     r"(^|[._])(secret|password|passwd|api_?key|access_?key|auth_?token|credentials?)($|[._])", re.I
@@ -143,30 +170,57 @@ def setup(root: Path) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def git_info(root: Path) -> dict[str, str]:
-    def git(*args: str) -> str:
-        try:
-            res = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=20
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return res.stdout.strip() if res.returncode == 0 else ""
+def lineage_tags(root: Path, flow_run_id: str | None) -> dict[str, str]:
+    """The tags every run Loom starts carries, stage run or pipeline run: the git commit of
+    `root` and its dirty flag, the host, Python and device, this process (a later
+    `end_stale_runs` ends the run when that process is gone) and, unless `flow_run_id` is
+    None, the Prefect flow run."""
+    code = git.checkout(root)
+    tags = {
+        GIT_COMMIT_TAG: code.commit,
+        GIT_DIRTY_TAG: str(code.dirty).lower(),
+        HOST_TAG: socket.gethostname(),
+        PYTHON_TAG: platform.python_version(),
+        DEVICE_TAG: _device(),
+    }
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        tags[CUDA_DEVICES_TAG] = os.environ["CUDA_VISIBLE_DEVICES"]
+    tags[PID_TAG] = str(os.getpid())
+    if flow_run_id is not None:
+        tags[FLOW_RUN_TAG] = flow_run_id
+    return tags
 
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
-
-def host_info() -> dict[str, str]:
-    device = "cpu"
+def _device() -> str:
     torch = sys.modules.get("torch")  # only if the component used torch; never import it here
     if torch is not None and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.get_device_name()}"
-    info = {"host": socket.gethostname(), "python": platform.python_version(), "device": device}
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    return info
+        return f"cuda:{torch.cuda.get_device_name()}"
+    return "cpu"
+
+
+def is_wall_clock(metric: str) -> bool:
+    """Whether `metric` is a wall-clock figure (`seconds`, `*_seconds`, `*_per_second`).
+
+    Those go to MLflow only: they differ between two runs of the same inputs, so they stay
+    out of the DVC metrics file (a versioned output: same inputs, same bytes, same dvc.lock)
+    and out of the key metrics that summaries show in place of a component's own.
+    """
+    return metric.endswith(("_seconds", "_per_second")) or metric == "seconds"
+
+
+@contextlib.contextmanager
+def environ(name: str, value: str) -> Iterator[None]:
+    """Environment variable `name` set to `value` while the block runs (MLflow reads its
+    settings from the environment), then restored."""
+    had = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if had is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = had
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -230,15 +284,6 @@ def extra_tags() -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
-PID_TAG, HOST_TAG = "loom.pid", "loom.host"
-
-
-def process_tags() -> dict[str, str]:
-    """Which process runs this MLflow run (with `host_info`'s host): a later sweep ends the
-    run when that process is gone."""
-    return {PID_TAG: str(os.getpid())}
-
-
 def _process_gone(pid: int, started_ms: int) -> bool:
     """Whether the process that started a run at `started_ms` is no longer alive: no such
     pid, or a pid the kernel has since given to a process started later."""
@@ -271,7 +316,7 @@ def end_stale_runs(experiment_id: str) -> list[str]:
             continue
         client.set_tag(
             run.info.run_id,
-            "loom.error",
+            ERROR_TAG,
             f"its process (pid {pid} on {host}) died without ending the run; marked KILLED",
         )
         client.set_terminated(run.info.run_id, "KILLED")

@@ -1,4 +1,6 @@
-"""Neural network building blocks: attention (softmax, linear), Transformer stacks, positions."""
+"""Neural network building blocks: attention (softmax, linear; self- and cross-attention with
+separate key and value sources), Transformer stacks (with DETR-style per-layer positions),
+positions (1-D tables, 2-D sine), a conditioned convolutional residual block."""
 
 from components.nn.attention import (
     AttentionConfig,
@@ -6,7 +8,8 @@ from components.nn.attention import (
     linear_attention,
     softmax_attention,
 )
-from components.nn.positional import PositionEmbedding, sinusoidal_table
+from components.nn.positional import PositionEmbedding, SinePosition2d, sinusoidal_table
+from components.nn.resblock import ResBlock, ResBlockConfig
 from components.nn.transformer import (
     DecoderBlock,
     EncoderBlock,
@@ -21,6 +24,9 @@ __all__ = [
     "EncoderBlock",
     "MultiHeadAttention",
     "PositionEmbedding",
+    "ResBlock",
+    "ResBlockConfig",
+    "SinePosition2d",
     "TransformerConfig",
     "TransformerDecoder",
     "TransformerEncoder",

@@ -1,6 +1,11 @@
 """Multi-head self- and cross-attention, softmax or linear.
 
-    x [B, N, dim] (queries), context [B, S, dim] (keys/values; defaults to x) -> [B, N, dim]
+    query [B, N, dim], key [B, S, kdim] (default: the query), value [B, S, vdim] (default: the
+    key) -> [B, N, dim]
+
+Keys and values come from separate sources when they differ: DETR attends with
+key = memory + pos, value = memory; latent diffusion cross-attends to a text context whose
+width (kdim = vdim = the text encoder's) is not the image features' (dim).
 
 softmax: `F.scaled_dot_product_attention`, O(N·S) time.
 linear: Katharopoulos et al. 2020 ("Transformers are RNNs"), feature map φ(x) = elu(x) + 1,
@@ -11,8 +16,10 @@ computed without the N×S weights: non-causal as φ(Q)(φ(K)ᵀV) / φ(Q)Σφ(K)
 (`components.nn.causal_linear`). O(N) time and memory in the sequence length.
 
 Masks: `key_padding_mask` is bool [B, S], True = padded (that key is ignored), as in
-`torch.nn.MultiheadAttention`. `causal` lets query i see keys j <= i (self-attention only).
-A query that sees no key at all (every key padded) gets a zero output, for both kinds.
+`torch.nn.MultiheadAttention`. `causal` lets query i see keys j <= i; it is for self-attention
+only, so keys and values must be the queries' own sequence (S = N, positions may be added to
+the keys), and a key of another length raises. A query that sees no key at all (every key
+padded) gets a zero output, for both kinds.
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ AttentionKind = Literal["softmax", "linear"]
 
 @dataclass
 class AttentionConfig:
-    dim: int  # model width; split evenly over the heads
+    dim: int  # width of the queries and the output; split evenly over the heads
     heads: int = 8
     kind: AttentionKind = "softmax"
     causal: bool = False  # query i sees keys j <= i; self-attention only
     dropout: float = 0.0  # training only: on the output, and on softmax weights
     chunk_size: int = 64  # causal linear attention: queries per chunk (C)
     eps: float = 1e-6  # linear attention: floor of the normaliser
+    kdim: int | None = None  # width of the keys' source (None = dim), e.g. a text encoder's
+    vdim: int | None = None  # width of the values' source (None = dim), as in torch's MHA
 
     def __post_init__(self) -> None:
         require(self.dim >= 1, "dim", self.dim, "an int >= 1")
@@ -48,30 +57,47 @@ class AttentionConfig:
         require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a float in [0, 1)")
         require(self.chunk_size >= 1, "chunk_size", self.chunk_size, "an int >= 1")
         require(self.eps > 0.0, "eps", self.eps, "a float > 0")
+        for key in ("kdim", "vdim"):
+            width = getattr(self, key)
+            require(width is None or width >= 1, key, width, "an int >= 1 or null (= dim)")
 
 
 class MultiHeadAttention(nn.Module):
-    """Projections to heads, softmax or linear attention, output projection."""
+    """Projections to heads (`to_q` from dim, `to_k` from kdim, `to_v` from vdim), softmax or
+    linear attention, output projection `out`."""
 
     def __init__(self, config: AttentionConfig):
         super().__init__()
         self.config = config
+        kdim = config.dim if config.kdim is None else config.kdim
+        vdim = config.dim if config.vdim is None else config.vdim
         self.to_q = nn.Linear(config.dim, config.dim)
-        self.to_kv = nn.Linear(config.dim, 2 * config.dim)
+        self.to_k = nn.Linear(kdim, config.dim)
+        self.to_v = nn.Linear(vdim, config.dim)
         self.out = nn.Linear(config.dim, config.dim)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, context: Tensor | None = None, key_padding_mask: Tensor | None = None
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
     ) -> Tensor:
-        """x [B, N, dim]; context [B, S, dim] or None (self-attention, S = N);
-        key_padding_mask bool [B, S], True = padded. Returns [B, N, dim]."""
+        """query [B, N, dim]; key [B, S, kdim] or None (the query: self-attention, S = N);
+        value [B, S, vdim] or None (the key); key_padding_mask bool [B, S], True = padded.
+        Returns [B, N, dim]."""
         cfg = self.config
-        if context is not None and cfg.causal:
-            raise ValueError("causal attention is self-attention: pass no context")
-        source = x if context is None else context
-        q = self._split_heads(self.to_q(x))
-        k, v = map(self._split_heads, self.to_kv(source).chunk(2, dim=-1))
+        key = query if key is None else key
+        value = key if value is None else value
+        if value.shape[1] != key.shape[1]:
+            raise ValueError(f"{key.shape[1]} keys but {value.shape[1]} values")
+        if cfg.causal and key.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"causal attention is self-attention: {key.shape[1]} keys for "
+                f"{query.shape[1]} queries (keys and values must be the queries' sequence)"
+            )
+        q, k, v = map(self._split_heads, (self.to_q(query), self.to_k(key), self.to_v(value)))
         if cfg.kind == "softmax":
             p = cfg.dropout if self.training else 0.0
             out = softmax_attention(q, k, v, cfg.causal, key_padding_mask, dropout_p=p)

@@ -1,10 +1,21 @@
 """Pre-norm Transformer encoder and decoder stacks over `MultiHeadAttention`.
 
-    encoder block: x += attn(norm(x));                 x += mlp(norm(x))
-    decoder block: x += causal_attn(norm(x));  x += cross_attn(norm(x), context);  x += mlp(norm(x))
+    encoder block: h = norm(x);  x += attn(q = k = h + pos, v = h)
+                   x += mlp(norm(x))
+    decoder block: h = norm(x);  x += self_attn(q = k = h + query_pos, v = h)   causal by default
+                   h = norm(x);  x += cross_attn(q = h + query_pos, k = context + pos, v = context)
+                   x += mlp(norm(x))
     stack:         x + position -> dropout -> blocks -> norm
 
 The stacks take features, not token ids: x [B, N, dim] -> [B, N, dim].
+
+Positions come in two ways. `position` (config) is added once to the input sequence. `pos` and
+`query_pos` (forward arguments, default none) are added inside every block to the queries and
+keys but not to the values, as in DETR (Carion et al. 2020): the image features' 2-D
+positions (`pos`, e.g. `SinePosition2d`) and the learned object queries (`query_pos`) steer
+where each layer looks without being mixed into what it passes on. For DETR set
+`decoder_causal: false`, so the object queries attend to each other freely. For cross-attention
+to a context of another width (a text encoder's, in latent diffusion) set `context_dim`.
 
 Gradient checkpointing (`gradient_checkpointing: true`): in training with grad enabled, each
 block runs under `torch.utils.checkpoint.checkpoint(use_reentrant=False)`, which keeps only
@@ -49,9 +60,17 @@ class TransformerConfig:
     max_len: int = 2048  # longest sequence the position table covers
     gradient_checkpointing: bool = False
     chunk_size: int = 64  # causal linear attention, see AttentionConfig
+    decoder_causal: bool = True  # decoder self-attention; false: queries see each other (DETR)
+    context_dim: int | None = None  # decoder cross-attention: the context's width (None = dim)
 
     def __post_init__(self) -> None:
         require(self.depth >= 1, "depth", self.depth, "an int >= 1")
+        require(
+            self.context_dim is None or self.context_dim >= 1,
+            "context_dim",
+            self.context_dim,
+            "an int >= 1 or null (= dim)",
+        )
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a float > 0")
         require(self.max_len >= 1, "max_len", self.max_len, "an int >= 1")
         require(
@@ -62,7 +81,9 @@ class TransformerConfig:
         )
         self.attention_config()  # checks dim, heads, attention, dropout and chunk_size
 
-    def attention_config(self, causal: bool = False) -> AttentionConfig:
+    def attention_config(
+        self, causal: bool = False, context_dim: int | None = None
+    ) -> AttentionConfig:
         return AttentionConfig(
             dim=self.dim,
             heads=self.heads,
@@ -70,6 +91,8 @@ class TransformerConfig:
             causal=causal,
             dropout=self.dropout,
             chunk_size=self.chunk_size,
+            kdim=context_dim,
+            vdim=context_dim,
         )
 
 
@@ -101,6 +124,10 @@ class Mlp(nn.Sequential):
         )
 
 
+def _with_pos(t: Tensor, pos: Tensor | None) -> Tensor:
+    return t if pos is None else t + pos
+
+
 class EncoderBlock(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -108,9 +135,14 @@ class EncoderBlock(nn.Module):
         self.attn = MultiHeadAttention(config.attention_config())
         self.mlp = Mlp(config)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x [B, N, dim], key_padding_mask bool [B, N] (True = padded) -> [B, N, dim]"""
-        x = x + self.attn(self.norm_attn(x), key_padding_mask=key_padding_mask)
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, pos: Tensor | None = None
+    ) -> Tensor:
+        """x [B, N, dim], key_padding_mask bool [B, N] (True = padded), pos [B, N, dim] or
+        [N, dim] (added to queries and keys) -> [B, N, dim]"""
+        h = self.norm_attn(x)
+        qk = _with_pos(h, pos)
+        x = x + self.attn(qk, qk, h, key_padding_mask=key_padding_mask)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -120,8 +152,9 @@ class DecoderBlock(nn.Module):
         self.norm_self = nn.LayerNorm(config.dim)
         self.norm_cross = nn.LayerNorm(config.dim)
         self.norm_mlp = nn.LayerNorm(config.dim)
-        self.self_attn = MultiHeadAttention(config.attention_config(causal=True))
-        self.cross_attn = MultiHeadAttention(config.attention_config())
+        self.self_attn = MultiHeadAttention(config.attention_config(causal=config.decoder_causal))
+        cross = config.attention_config(context_dim=config.context_dim)
+        self.cross_attn = MultiHeadAttention(cross)
         self.mlp = Mlp(config)
 
     def forward(
@@ -130,12 +163,19 @@ class DecoderBlock(nn.Module):
         context: Tensor,
         key_padding_mask: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        pos: Tensor | None = None,
     ) -> Tensor:
-        """x [B, N, dim], context [B, S, dim]; masks bool [B, N] and [B, S], True = padded.
-        Returns [B, N, dim]."""
-        x = x + self.self_attn(self.norm_self(x), key_padding_mask=key_padding_mask)
+        """x [B, N, dim], context [B, S, context_dim]; masks bool [B, N] and [B, S], True =
+        padded; query_pos [B, N, dim] or [N, dim] (added to the queries of both attentions and
+        the keys of self-attention), pos [B, S, context_dim] or [S, context_dim] (added to the
+        context's keys). Returns [B, N, dim]."""
+        h = self.norm_self(x)
+        qk = _with_pos(h, query_pos)
+        x = x + self.self_attn(qk, qk, h, key_padding_mask=key_padding_mask)
+        h = _with_pos(self.norm_cross(x), query_pos)
         x = x + self.cross_attn(
-            self.norm_cross(x), context=context, key_padding_mask=context_padding_mask
+            h, _with_pos(context, pos), context, key_padding_mask=context_padding_mask
         )
         return x + self.mlp(self.norm_mlp(x))
 
@@ -178,13 +218,17 @@ class TransformerEncoder(_Stack):
     def __init__(self, config: TransformerConfig):
         super().__init__(config, (EncoderBlock(config) for _ in range(config.depth)))
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x [B, N, dim], key_padding_mask bool [B, N] (True = padded) -> [B, N, dim]"""
-        return self._run(x, key_padding_mask)
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, pos: Tensor | None = None
+    ) -> Tensor:
+        """x [B, N, dim], key_padding_mask bool [B, N] (True = padded), pos [B, N, dim] or
+        [N, dim] (every block adds it to its queries and keys) -> [B, N, dim]"""
+        return self._run(x, key_padding_mask, pos)
 
 
 class TransformerDecoder(_Stack):
-    """Stack of `depth` pre-norm decoder blocks (causal self-attention + cross-attention)."""
+    """Stack of `depth` pre-norm decoder blocks (self-attention, causal unless
+    `decoder_causal: false`, + cross-attention)."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__(config, (DecoderBlock(config) for _ in range(config.depth)))
@@ -195,7 +239,10 @@ class TransformerDecoder(_Stack):
         context: Tensor,
         key_padding_mask: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        pos: Tensor | None = None,
     ) -> Tensor:
-        """x [B, N, dim], context [B, S, dim] (e.g. encoder output); masks bool [B, N] and
-        [B, S], True = padded. Returns [B, N, dim]."""
-        return self._run(x, context, key_padding_mask, context_padding_mask)
+        """x [B, N, dim], context [B, S, context_dim] (e.g. encoder output); masks bool [B, N]
+        and [B, S], True = padded; query_pos [B, N, dim] or [N, dim], pos [B, S, context_dim]
+        or [S, context_dim], added in every block as in `DecoderBlock`. Returns [B, N, dim]."""
+        return self._run(x, context, key_padding_mask, context_padding_mask, query_pos, pos)

@@ -15,6 +15,7 @@ from components.config import require
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16"]
 Schedule = Literal["cosine", "linear", "constant"]
+Switch = Literal["auto", "always", "never"]
 
 
 @dataclass
@@ -41,46 +42,74 @@ class TrainConfig:
     shuffle: bool = True  # a fresh permutation per epoch, from (seed, epoch)
     num_workers: int = 0  # DataLoader worker processes
     progress: bool = True  # tqdm bar on rank 0
+    compile: Switch = "auto"  # torch.compile the model's forward; auto: on CUDA only
+    channels_last: Switch = "auto"  # channels-last weights; auto: on CUDA for 4-D (conv) weights
 
     def __post_init__(self) -> None:
-        positive = {
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "log_every": self.log_every,
-            "keep_checkpoints": self.keep_checkpoints,
-        }
-        for key, value in positive.items():
-            require(value >= 1, key, value, "an int >= 1")
+        for key in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            _int(self, key, 1)
         for key in ("val_every", "val_batch_size", "checkpoint_every"):
-            value = getattr(self, key)
-            require(value is None or value >= 1, key, value, "None or an int >= 1")
+            _int(self, key, 1, optional=True)
+        for key in ("warmup_steps", "seed", "num_workers"):
+            _int(self, key, 0)
         require(
             self.batch_size % self.grad_accum == 0,
             "batch_size",
             self.batch_size,
             f"a multiple of grad_accum = {self.grad_accum}",
         )
-        require(self.seed >= 0, "seed", self.seed, "an int >= 0")
-        require(self.lr > 0, "lr", self.lr, "a float > 0")
-        require(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"in [0, lr = {self.lr}]")
-        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
+        require(is_number(self.lr) and self.lr > 0, "lr", self.lr, "a float > 0")
         require(
-            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            is_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
+            "min_lr",
+            self.min_lr,
+            f"a float in [0, lr = {self.lr}]",
+        )
+        decay = self.weight_decay
+        require(is_number(decay) and decay >= 0, "weight_decay", decay, "a float >= 0")
+        require(
+            isinstance(self.betas, (tuple, list))
+            and len(self.betas) == 2
+            and all(is_number(b) and 0 <= b < 1 for b in self.betas),
             "betas",
             self.betas,
             "two floats in [0, 1)",
         )
-        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an int >= 0")
-        require(
-            self.schedule in get_args(Schedule), "schedule", self.schedule, "cosine|linear|constant"
-        )
         clip = self.clip_grad_norm
-        require(clip is None or clip > 0, "clip_grad_norm", clip, "None or a float > 0")
-        decay = self.ema_decay
-        require(decay is None or 0 <= decay < 1, "ema_decay", decay, "None or a float in [0, 1)")
-        require(self.device in get_args(Device), "device", self.device, "one of auto|cpu|cuda|mps")
         require(
-            self.precision in get_args(Precision), "precision", self.precision, "auto|fp32|bf16"
+            clip is None or (is_number(clip) and clip > 0),
+            "clip_grad_norm",
+            clip,
+            "None or a float > 0",
         )
-        require(self.num_workers >= 0, "num_workers", self.num_workers, "an int >= 0")
+        decay = self.ema_decay
+        require(
+            decay is None or (is_number(decay) and 0 <= decay < 1),
+            "ema_decay",
+            decay,
+            "None or a float in [0, 1)",
+        )
+        for key, choices in (
+            ("schedule", Schedule),
+            ("device", Device),
+            ("precision", Precision),
+            ("compile", Switch),
+            ("channels_last", Switch),
+        ):
+            value = getattr(self, key)
+            require(value in get_args(choices), key, value, "one of " + "|".join(get_args(choices)))
+        for key in ("shuffle", "progress"):
+            value = getattr(self, key)
+            require(isinstance(value, bool), key, value, "true or false")
+
+
+def is_number(value: object) -> bool:
+    """An int or float, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(config: TrainConfig, key: str, least: int, optional: bool = False) -> None:
+    value = getattr(config, key)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+    expected = ("None or " if optional else "") + f"an int >= {least}"
+    require(ok or (optional and value is None), key, value, expected)

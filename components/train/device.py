@@ -1,4 +1,5 @@
-"""Device selection (`auto`: cuda > mps > cpu) and the autocast precision that goes with it."""
+"""Device selection (`auto`: cuda > mps > cpu) and what goes with the device: autocast
+precision, `torch.compile` and the channels-last memory format."""
 
 from __future__ import annotations
 
@@ -40,3 +41,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision in ("auto", "fp32"):
         return None
     raise ConfigError("precision", precision, "one of auto|fp32|bf16")
+
+
+def use_compile(switch: str, device: torch.device) -> bool:
+    """Whether to `torch.compile` the model: `always`, or `auto` on CUDA (never on CPU/MPS)."""
+    if switch not in ("auto", "always", "never"):
+        raise ConfigError("compile", switch, "one of auto|always|never")
+    return switch == "always" or (switch == "auto" and device.type == "cuda")
+
+
+def use_channels_last(switch: str, device: torch.device, model: torch.nn.Module) -> bool:
+    """Whether to store 4-D weights channels-last: `always`, or `auto` on CUDA when the model
+    has any (conv kernels, where cuDNN runs faster in NHWC)."""
+    if switch not in ("auto", "always", "never"):
+        raise ConfigError("channels_last", switch, "one of auto|always|never")
+    if switch != "auto":
+        return switch == "always"
+    return device.type == "cuda" and any(p.ndim == 4 for p in model.parameters())

@@ -73,3 +73,40 @@ def all_gather(obj: Any, env: DistEnv) -> list[Any]:
     gathered: list[Any] = [None] * env.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+@torch.no_grad()
+def broadcast_(tensors: list[torch.Tensor], env: DistEnv) -> None:
+    """Overwrite `tensors` with rank 0's, in place (a no-op on one process)."""
+    if env.enabled:
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+
+
+@torch.no_grad()
+def average_gradients(params: list[torch.Tensor], env: DistEnv) -> None:
+    """Each parameter's gradient averaged over ranks, in place, as DDP's all-reduce does.
+
+    A gradient missing on some ranks counts as zero there; a parameter keeps `grad = None` only
+    if it has no gradient on any rank. One all-reduce per dtype (plus one of presence flags).
+    """
+    if not env.enabled or not params:
+        return
+    device = params[0].device
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(present, op=dist.ReduceOp.SUM)
+    for p, count in zip(params, present.tolist(), strict=True):
+        if count and p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= env.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()

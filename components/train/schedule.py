@@ -32,16 +32,20 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 class LrSchedule:
-    """Sets the optimizer's learning rate before each update; `state_dict` is the step."""
+    """Sets the optimizer's learning rate before each update; `state_dict` is the step.
+
+    A param group with an `lr_scale` entry gets `lr_scale` times the scheduled rate.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
         self.optimizer, self.config, self.step_count = optimizer, config, 0
 
     def apply(self) -> float:
-        """Set the rate of the next update (number `step_count`) on every param group."""
+        """Set the rate of the next update (number `step_count`) on every param group, and
+        return it (unscaled)."""
         lr = lr_at(self.step_count, self.config)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def step(self) -> None:

@@ -30,11 +30,13 @@ def test_missing_code_dep_is_caught(tmp_path):
     root = make_project(tmp_path / "proj")
     dvc_yaml = root / "dvc.yaml"
     text = dvc_yaml.read_text()
-    # Drop bpe.py from the tokenize stages' deps only (bpe stages keep it).
+    # Drop the BPE tokenizer from the tokenize stages' deps only (bpe stages keep it).
     head, sep, tail = text.partition("  tokenize:")
-    dvc_yaml.write_text(head + sep + tail.replace("        - components/text/bpe.py\n", ""))
+    dep = "        - components/text/bpe/tokenizer.py\n"
+    dvc_yaml.write_text(head + sep + tail.replace(dep, ""))
     res = loom(root, "check")
     assert res.returncode == 1
-    assert "tokenize@small: component 'text.tokenize' imports components/text/bpe.py" in res.stderr
+    message = "tokenize@small: component 'text.tokenize' imports components/text/bpe/tokenizer.py"
+    assert message in res.stderr
     assert "bpe@small" not in res.stderr
     assert Path(root / "dvc.yaml").read_text() != text

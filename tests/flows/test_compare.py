@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 
-from flows import cli, tracking
+from flows import cli, compare, tracking
 
 MLFLOW_LOG = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d [A-Z]+ mlflow[.\w]*: ")
 
@@ -109,3 +110,17 @@ def test_last_must_be_at_least_one(root, capsys, command, last):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"loom {command}: error: argument --last: expected an integer >= 1" in err
+
+
+def test_wall_clock_metrics_stay_out_of_the_key_metrics_shown():
+    """Without key metrics of its own, a stage's summary shows its first metrics that are not
+    wall-clock figures: `*_per_second` and `*_seconds` stay in MLflow."""
+    timed = {"a_per_second": 9.0, "b_seconds": 2.0, "loss": 0.5, "stage_seconds": 3.0}
+    point = compare.PointRuns(0, {"x": 1}, "FINISHED", metrics={"s": timed}, ran={"s"})
+    (row,) = compare.format_points("sw-1", [point]).splitlines()[3:]
+    assert row.split()[-1] == "loss=0.5"
+    run = SimpleNamespace(
+        info=SimpleNamespace(run_id="r1", start_time=0, status="FINISHED"),
+        data=SimpleNamespace(metrics=timed, tags={tracking.STAGE_TAG: "s"}),
+    )
+    assert compare.format_runs([run]).splitlines()[2].split()[-1] == "loss=0.5"

@@ -22,11 +22,12 @@ from flows import services
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-# `loom services ...` through the parser `register` builds, in its own process as a user runs it.
+# `loom services ...` through the parser `register_services` builds, in its own process as a
+# user runs it.
 LOOM = (
-    "import sys, argparse; from flows import services; "
+    "import sys, argparse; from flows import cli; "
     "p = argparse.ArgumentParser(prog='loom'); "
-    "s = p.add_subparsers(dest='command', required=True); services.register(s); "
+    "s = p.add_subparsers(dest='command', required=True); cli.register_services(s); "
     "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 )
 # Deployed to pool gpu: reports the environment its worker gave it, then runs until stopped.

@@ -189,9 +189,9 @@ def test_killed_training_resumes_from_its_last_epoch_checkpoint(project, experim
 
 
 def test_a_work_dir_in_use_by_another_process_is_not_shared(project, experiment, tmp_path):
-    """Two workspaces whose runs share one work disk ($LOOM_WORK_DIR, as on a worker): the
-    second run of the same stage, config and inputs fails at once instead of resuming from
-    the first one's live checkpoint."""
+    """Two workspaces whose runs share one work disk ($LOOM_WORK_DIR, as two workers of one
+    machine): the second run of the same stage, config and inputs trains in a spare dir beside
+    the first's, never resuming from (or removing) the first one's live checkpoint."""
     from components.config import to_dict
     from flows import project as project_module
     from flows import stage_runner
@@ -205,12 +205,47 @@ def test_a_work_dir_in_use_by_another_process_is_not_shared(project, experiment,
         work = stage_runner.work_dir(project, "word2vec@small", to_dict(config), deps)
         holder = hold("work", work)
         try:
-            fails(project, "word2vec@small", str(work), f"in use by pid {holder.pid}")
+            (work / "live-checkpoint").write_text("the first run's")
+            res = loom(project, "stage", "word2vec@small")
+            assert res.returncode == 0, res.stderr
+            assert (work / "live-checkpoint").read_text() == "the first run's"
+            assert not work.with_name(work.name + ".1").exists()  # the spare, removed on success
+            run = mlflow.MlflowClient().get_run(res.stdout.split("(mlflow run ")[1].split(")")[0])
+            assert "loom.resumed_from" not in run.data.tags
         finally:
             holder.kill()
             holder.wait()
     finally:
         del os.environ[stage_runner.WORK_DIR_ENV]
+
+
+def test_a_rerun_claims_the_spare_its_killed_attempt_left(tmp_path):
+    from flows import stage_runner, workspace
+    from tests.flows.test_workspace import hold
+
+    work = tmp_path / "w2v-abc"
+    spare = work.with_name("w2v-abc.1")
+    spare.mkdir(parents=True)
+    (spare / stage_runner.RUN_RECORD).write_text('{"run_id": "killed"}')
+    with stage_runner.claim_work_dir(work, "rerun") as claimed:
+        assert claimed == spare  # where the checkpoints are, not the empty primary
+    holder = hold("work", spare)
+    try:
+        with stage_runner.claim_work_dir(work, "other") as claimed:
+            assert claimed == work
+            with stage_runner.claim_work_dir(work, "third") as third:
+                assert third == work.with_name("w2v-abc.2")
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = hold("work", work)
+    try:
+        with pytest.raises(workspace.WorkDirBusy, match=f"in use by pid {holder.pid}"):
+            with stage_runner.claim_work_dir(work, "no spares", spares=0):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_stale_work_dirs_are_pruned_and_reported(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from flows import sweep
+from flows import cli, compare, sweep
 from flows.params import ParamsError
 from tests.conftest import dvc, git
 
@@ -97,9 +97,9 @@ def test_uncommitted_names_what_a_sweep_leaves_out(project):
 
 
 def loom_sweep(root: Path, capsys, *argv: str) -> tuple[int, str, str]:
-    """`loom sweep ...` in-process, through the subcommand `register` adds."""
+    """`loom sweep ...` in-process, through the subcommand `register_sweep` adds."""
     parser = argparse.ArgumentParser(prog="loom")
-    sweep.register(parser.add_subparsers(dest="command", required=True))
+    cli.register_sweep(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sweep", *argv])
     with contextlib.chdir(root):
         rc = args.func(args)
@@ -179,7 +179,7 @@ def test_sweep_runs_every_point_in_its_own_worktree(
                 assert (remote / "files" / "md5" / md5[:2] / md5[2:]).is_file(), key
 
     # The grid, sorted by a metric only tokenize logs...
-    table = sweep.format_sweep(project, sweep_id, "bytes_per_token").splitlines()
+    table = compare.format_sweep(project, sweep_id, "bytes_per_token").splitlines()
     assert table[1].split() == [
         "point",
         "bpe.small.vocab_size",
@@ -192,19 +192,19 @@ def test_sweep_runs_every_point_in_its_own_worktree(
     values = [float(r[4]) for r in rows]
     assert values == sorted(values) and values[0] < values[-1]
     assert [r[1] for r in rows] == ["300", "300", "320", "320"]  # more merges, longer tokens
-    descending = sweep.format_sweep(project, sweep_id, "bytes_per_token", descending=True)
+    descending = compare.format_sweep(project, sweep_id, "bytes_per_token", descending=True)
     assert [float(line.split()[4]) for line in descending.splitlines()[3:]] == values[::-1]
     # ...by one both stages log (a column each; a skipped bpe@small's value from the summary)...
-    table = sweep.format_sweep(project, sweep_id, "vocab_size").splitlines()
+    table = compare.format_sweep(project, sweep_id, "vocab_size").splitlines()
     assert table[1].split()[-2:] == ["vocab_size@bpe@small", "vocab_size@tokenize@small"]
     assert all(r.split()[1] == r.split()[4] == r.split()[5] for r in table[3:])
     # ...and without a metric: the key metrics of the stages that ran, in grid order.
-    table = sweep.format_sweep(project, sweep_id).splitlines()
+    table = compare.format_sweep(project, sweep_id).splitlines()
     assert "bpe@small" in table[1] and "tokenize@small" in table[1]
     assert [line.split()[0] for line in table[3:]] == ["0", "1", "2", "3"]
     # `loom compare --sweep ID` prints the same table.
     with contextlib.chdir(project):
-        assert sweep.sweep_compare(argparse.Namespace(sweep=sweep_id, metric=None)) == 0
+        assert cli.compare_sweep(argparse.Namespace(sweep=sweep_id, metric=None)) == 0
     assert capsys.readouterr().out.strip() == "\n".join(table)
 
 

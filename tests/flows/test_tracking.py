@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import http.server
+import os
 import socket
+import subprocess
 import threading
 
 import mlflow
@@ -123,3 +125,24 @@ def test_ui_command_hides_the_password():
     from flows import cli
 
     assert cli.ui_command(REPO, "http://u:hunter2@host:5000") == "open http://u:***@host:5000"
+
+
+def test_wall_clock_metrics_are_named_so():
+    wall_clock = ["seconds", "stage_seconds", "train_units_per_second"]
+    assert all(tracking.is_wall_clock(m) for m in wall_clock)
+    assert not any(tracking.is_wall_clock(m) for m in ["loss", "seconds_left", "per_second"])
+
+
+def test_lineage_tags_name_the_commit_the_host_and_this_process(tmp_path):
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    tags = tracking.lineage_tags(REPO, "flow-1")
+    assert tags[tracking.GIT_COMMIT_TAG] == head
+    assert tags[tracking.GIT_DIRTY_TAG] in ("true", "false")
+    assert tags[tracking.HOST_TAG] == socket.gethostname()
+    assert tags[tracking.PID_TAG] == str(os.getpid())
+    assert tags[tracking.FLOW_RUN_TAG] == "flow-1"
+    assert tracking.FLOW_RUN_TAG not in tracking.lineage_tags(REPO, None)
+    outside = tracking.lineage_tags(tmp_path, None)  # not a git repository
+    assert outside[tracking.GIT_COMMIT_TAG] == "unknown"

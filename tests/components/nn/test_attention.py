@@ -138,8 +138,7 @@ def test_module_projects_heads_and_calls_the_attention_function(kind):
     def heads(t):  # [B, N, 12] -> [B, 3, N, 4]
         return t.view(2, 10, 3, 4).transpose(1, 2)
 
-    q = heads(attn.to_q(x))
-    k, v = map(heads, attn.to_kv(x).chunk(2, dim=-1))
+    q, k, v = heads(attn.to_q(x)), heads(attn.to_k(x)), heads(attn.to_v(x))
     ref = naive_softmax if kind == "softmax" else naive_linear
     want = attn.out(ref(q, k, v, True, None).transpose(1, 2).reshape(2, 10, 12))
     torch.testing.assert_close(attn(x), want)
@@ -152,11 +151,12 @@ def test_cross_attention_shapes_and_self_attention_default(kind):
     x, context = torch.randn(3, 5, 16), torch.randn(3, 19, 16)
     assert attn(x, context).shape == (3, 5, 16)
     assert attn(context, x).shape == (3, 19, 16)
-    torch.testing.assert_close(attn(x), attn(x, context=x))
-    assert not torch.allclose(attn(x), attn(x, context=context[:, :5]))
+    torch.testing.assert_close(attn(x), attn(x, x))
+    torch.testing.assert_close(attn(x, context), attn(x, context, context))
+    assert not torch.allclose(attn(x), attn(x, context[:, :5]))
 
 
-def test_causal_self_attention_ignores_the_future_and_refuses_a_context():
+def test_causal_self_attention_ignores_the_future_and_refuses_other_lengths():
     torch.manual_seed(0)
     for kind in ("softmax", "linear"):
         attn = MultiHeadAttention(AttentionConfig(dim=8, heads=2, kind=kind, causal=True))
@@ -166,8 +166,123 @@ def test_causal_self_attention_ignores_the_future_and_refuses_a_context():
         out, out_changed = attn(x), attn(changed)
         torch.testing.assert_close(out[:, :6], out_changed[:, :6])
         assert not torch.allclose(out[:, 6:], out_changed[:, 6:])
-        with pytest.raises(ValueError, match="self-attention"):
-            attn(x, context=x)
+        with pytest.raises(ValueError, match="self-attention: 11 keys for 12 queries"):
+            attn(x, x[:, :11])
+
+
+def torch_mha_with_the_same_weights(attn: MultiHeadAttention) -> torch.nn.MultiheadAttention:
+    """`torch.nn.MultiheadAttention` (batch first, float64) holding `attn`'s projections."""
+    cfg = attn.config
+    ref = torch.nn.MultiheadAttention(
+        cfg.dim, cfg.heads, batch_first=True, kdim=cfg.kdim, vdim=cfg.vdim, dtype=torch.float64
+    )
+    projections = (attn.to_q, attn.to_k, attn.to_v)
+    with torch.no_grad():
+        if ref._qkv_same_embed_dim:  # one [3·dim, dim] weight, else one per projection
+            ref.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+        else:
+            for name, p in zip(("q", "k", "v"), projections, strict=True):
+                getattr(ref, f"{name}_proj_weight").copy_(p.weight)
+        ref.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+        ref.out_proj.weight.copy_(attn.out.weight)
+        ref.out_proj.bias.copy_(attn.out.bias)
+    return ref.eval()
+
+
+@pytest.mark.parametrize("case", ["self", "causal", "cross", "separate_kv", "padded", "widths"])
+def test_softmax_module_equals_torch_multihead_attention(case):
+    torch.manual_seed(0)
+    kdim, vdim = (10, 6) if case == "widths" else (None, None)
+    cfg = AttentionConfig(dim=12, heads=3, causal=case == "causal", kdim=kdim, vdim=vdim)
+    attn = MultiHeadAttention(cfg).double().eval()
+    ref = torch_mha_with_the_same_weights(attn)
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    memory = torch.randn(2, 11, 12, dtype=torch.float64)
+    mask, ref_kwargs = None, {}
+    if case in ("self", "causal"):
+        key = value = x
+        if case == "causal":  # torch's attn_mask: True = not allowed
+            ref_kwargs["attn_mask"] = torch.ones(7, 7, dtype=torch.bool).triu(1)
+    elif case == "cross":
+        key = value = memory
+    elif case == "widths":
+        key = torch.randn(2, 11, 10, dtype=torch.float64)
+        value = torch.randn(2, 11, 6, dtype=torch.float64)
+    else:  # DETR's cross-attention: positions on the keys, not on the values
+        key, value = memory + torch.randn(11, 12, dtype=torch.float64), memory
+        mask = padding(11) if case == "padded" else None
+    got = attn(x, key, value, key_padding_mask=mask)
+    want, _ = ref(x, key, value, key_padding_mask=mask, need_weights=False, **ref_kwargs)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert got.abs().mean() > 0.05
+    if case in ("separate_kv", "padded"):  # the values are not the keys
+        assert not torch.allclose(got, attn(x, key, key_padding_mask=mask), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "linear"])
+def test_separate_keys_and_values_of_other_widths_equal_the_formula(kind):
+    torch.manual_seed(0)
+    cfg = AttentionConfig(dim=12, heads=3, kind=kind, kdim=10, vdim=6)
+    attn = MultiHeadAttention(cfg).double().eval()
+    assert (attn.to_k.in_features, attn.to_v.in_features, attn.to_q.in_features) == (10, 6, 12)
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    key = torch.randn(2, 23, 10, dtype=torch.float64)
+    value = torch.randn(2, 23, 6, dtype=torch.float64)
+    mask = padding(23)
+
+    def heads(t):  # [B, L, 12] -> [B, 3, L, 4]
+        return t.view(2, -1, 3, 4).transpose(1, 2)
+
+    q, k, v = heads(attn.to_q(x)), heads(attn.to_k(key)), heads(attn.to_v(value))
+    ref = naive_softmax if kind == "softmax" else naive_linear
+    want = attn.out(ref(q, k, v, False, mask).transpose(1, 2).reshape(2, 5, 12))
+    got = attn(x, key, value, key_padding_mask=mask)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert got.shape == (2, 5, 12) and got.abs().mean() > 0.05
+
+
+@pytest.mark.parametrize("kind", ["softmax", "linear"])
+def test_causal_self_attention_takes_positions_on_queries_and_keys_only(kind):
+    torch.manual_seed(0)
+    cfg = AttentionConfig(dim=12, heads=3, kind=kind, causal=True, chunk_size=4)
+    attn = MultiHeadAttention(cfg).double().eval()
+    x = torch.randn(2, 10, 12, dtype=torch.float64)
+    pos = torch.randn(10, 12, dtype=torch.float64)
+
+    def heads(t):  # [B, 10, 12] -> [B, 3, 10, 4]
+        return t.view(2, 10, 3, 4).transpose(1, 2)
+
+    q, k, v = heads(attn.to_q(x + pos)), heads(attn.to_k(x + pos)), heads(attn.to_v(x))
+    ref = naive_softmax if kind == "softmax" else naive_linear
+    want = attn.out(ref(q, k, v, True, None).transpose(1, 2).reshape(2, 10, 12))
+    got = attn(x + pos, x + pos, x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(got, attn(x + pos), atol=1e-3)  # pos on v too: another result
+
+
+@pytest.mark.parametrize("kind", ["softmax", "linear"])
+def test_cross_attention_gradients_reach_every_input_and_parameter(kind):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(AttentionConfig(dim=12, heads=3, kind=kind, kdim=10, vdim=6))
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    key = torch.randn(2, 9, 10, requires_grad=True)
+    value = torch.randn(2, 9, 6, requires_grad=True)
+    attn(x, key, value, key_padding_mask=padding(9)).square().sum().backward()
+    params = dict(attn.named_parameters())
+    if kind == "softmax":
+        # The key bias adds q_i·b to every score of row i, which softmax cancels: no gradient.
+        torch.testing.assert_close(params.pop("to_k.bias").grad, torch.zeros(12), atol=1e-5, rtol=0)
+    for name, t in [("query", x), ("key", key), ("value", value), *params.items()]:
+        assert torch.isfinite(t.grad).all(), name
+        assert t.grad.abs().sum() > 1e-3, name
+    assert value.grad[1, -3:].abs().sum() == 0  # padded keys pass no gradient to their values
+
+
+def test_keys_and_values_of_different_lengths_raise():
+    attn = MultiHeadAttention(AttentionConfig(dim=8, heads=2))
+    x = torch.randn(1, 4, 8)
+    with pytest.raises(ValueError, match="6 keys but 5 values"):
+        attn(x, torch.randn(1, 6, 8), torch.randn(1, 5, 8))
 
 
 def test_causal_linear_attention_saves_memory_linear_in_n():
@@ -198,8 +313,13 @@ def test_config_validation_names_the_key():
         build(AttentionConfig, {"dim": 8, "kind": "cosine"}, where="attn")
     with pytest.raises(ConfigError, match="dropout"):
         AttentionConfig(dim=8, dropout=1.0)
+    with pytest.raises(ConfigError, match="kdim = 0: expected an int >= 1 or null"):
+        AttentionConfig(dim=8, kdim=0)
     cfg = build(AttentionConfig, {"dim": 8, "heads": 2, "kind": "linear"})
     assert (cfg.dim, cfg.heads, cfg.kind, cfg.causal) == (8, 2, "linear", False)
+    assert (cfg.kdim, cfg.vdim) == (None, None)
+    cfg = build(AttentionConfig, {"dim": 8, "kdim": 768, "vdim": None})
+    assert (cfg.kdim, cfg.vdim) == (768, None)
 
 
 @pytest.mark.gpu

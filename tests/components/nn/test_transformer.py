@@ -14,6 +14,7 @@ from components.nn.transformer import (
     TransformerDecoder,
     TransformerEncoder,
 )
+from tests.components.nn.test_attention import naive_linear, torch_mha_with_the_same_weights
 
 DIM = 16
 
@@ -29,16 +30,21 @@ def build_stack(kind: str, **overrides) -> torch.nn.Module:
     return cls(config(**overrides))
 
 
-def inputs(kind: str) -> tuple[torch.Tensor, ...]:
+def inputs(kind: str, with_pos: bool = False) -> tuple[torch.Tensor, ...]:
+    """encoder: x, pad (+ pos); decoder: x, context, pad, context_pad (+ query_pos, pos)."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 20, DIM, generator=gen)
     pad = torch.zeros(2, 20, dtype=torch.bool)
     pad[1, 15:] = True
+    pos = torch.randn(2, 20, DIM, generator=gen)
     if kind == "encoder":
-        return x, pad
+        return (x, pad, pos) if with_pos else (x, pad)
     context = torch.randn(2, 9, DIM, generator=gen)
     context_pad = torch.zeros(2, 9, dtype=torch.bool)
     context_pad[0, 6:] = True
+    context_pos = torch.randn(9, DIM, generator=gen)  # shared over the batch
+    if with_pos:
+        return x, context, pad, context_pad, pos, context_pos
     return x, context, pad, context_pad
 
 
@@ -59,7 +65,8 @@ def count_block_calls(model: torch.nn.Module) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
 @pytest.mark.parametrize("attention", ["softmax", "linear"])
-def test_checkpointing_gives_the_same_loss_and_gradients(kind, attention):
+@pytest.mark.parametrize("with_pos", [False, True])
+def test_checkpointing_gives_the_same_loss_and_gradients(kind, attention, with_pos):
     plain = build_stack(kind, attention=attention, dropout=0.1, position="learned")
     checked = build_stack(
         kind, attention=attention, dropout=0.1, position="learned", gradient_checkpointing=True
@@ -68,9 +75,9 @@ def test_checkpointing_gives_the_same_loss_and_gradients(kind, attention):
     plain.train(), checked.train()
     calls = count_block_calls(checked)
 
-    loss, grads = loss_and_grads(plain, inputs(kind))
+    loss, grads = loss_and_grads(plain, inputs(kind, with_pos))
     forward_calls = list(calls)
-    checked_loss, checked_grads = loss_and_grads(checked, inputs(kind))
+    checked_loss, checked_grads = loss_and_grads(checked, inputs(kind, with_pos))
 
     assert forward_calls == [0, 0, 0]
     # Forward, then recomputed in backward; the last block is not checkpointed (no gain).
@@ -161,6 +168,101 @@ def test_encoder_ignores_padded_positions(attention):
     assert not torch.allclose(model(later, pad)[:, 0], out[:, 0], atol=1e-3)
 
 
+def attention_by_hand(attn, query, key, value, key_padding_mask=None):
+    """`MultiHeadAttention` from its projections and the formulas: softmax through
+    `torch.nn.MultiheadAttention` with the same weights, linear through the quadratic formula."""
+    if attn.config.kind == "softmax":
+        ref = torch_mha_with_the_same_weights(attn)
+        return ref(query, key, value, key_padding_mask=key_padding_mask, need_weights=False)[0]
+    b, n, _ = query.shape
+
+    def heads(t):  # [B, L, dim] -> [B, H, L, D]
+        return t.view(b, t.shape[1], attn.config.heads, -1).transpose(1, 2)
+
+    q, k, v = heads(attn.to_q(query)), heads(attn.to_k(key)), heads(attn.to_v(value))
+    out = naive_linear(q, k, v, attn.config.causal, key_padding_mask)
+    return attn.out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_encoder_block_adds_pos_to_queries_and_keys_only(attention):
+    torch.manual_seed(0)
+    block = EncoderBlock(config(attention=attention)).double().eval()
+    x, pad, pos = (t.double() if t.is_floating_point() else t for t in inputs("encoder", True))
+    h = block.norm_attn(x)
+    want = x + attention_by_hand(block.attn, h + pos, h + pos, h, pad)
+    want = want + block.mlp(block.norm_mlp(want))
+    got = block(x, pad, pos=pos)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(got, block(x, pad), atol=1e-3)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_decoder_block_with_positions_is_detrs_layer(attention):
+    """DETR's pre-norm decoder layer (`forward_pre`), written out."""
+    torch.manual_seed(0)
+    block = DecoderBlock(config(attention=attention, decoder_causal=False)).double().eval()
+    x, memory, pad, memory_pad, query_pos, pos = (
+        t.double() if t.is_floating_point() else t for t in inputs("decoder", True)
+    )
+    h = block.norm_self(x)
+    want = x + attention_by_hand(block.self_attn, h + query_pos, h + query_pos, h, pad)
+    h = block.norm_cross(want)
+    want = want + attention_by_hand(
+        block.cross_attn, h + query_pos, memory + pos, memory, memory_pad
+    )
+    want = want + block.mlp(block.norm_mlp(want))
+    got = block(x, memory, pad, memory_pad, query_pos=query_pos, pos=pos)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    without_pos = block(x, memory, pad, memory_pad, query_pos=query_pos)
+    assert not torch.allclose(got, without_pos, atol=1e-3)
+
+
+def test_per_layer_positions_move_with_the_tokens():
+    """With no input positions, pos is what breaks the encoder's permutation equivariance."""
+    x, pad, pos = inputs("encoder", with_pos=True)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    model = build_stack("encoder", position="none").eval()
+    out = model(x, pos=pos)
+    torch.testing.assert_close(model(x[:, perm], pos=pos[:, perm]), out[:, perm])
+    assert not torch.allclose(model(x[:, perm], pos=pos), out[:, perm], atol=1e-3)
+    assert not torch.allclose(out, model(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_non_causal_decoder_queries_see_later_queries(attention):
+    x, context, _, _ = inputs("decoder")
+    later = x.clone()
+    later[:, 12:] += torch.randn(2, 8, DIM, generator=torch.Generator().manual_seed(2))
+    free = build_stack("decoder", attention=attention, decoder_causal=False).eval()
+    causal = build_stack("decoder", attention=attention).eval()
+    causal.load_state_dict(free.state_dict())  # the same weights: only the mask differs
+    assert not torch.allclose(free(later, context)[:, 0], free(x, context)[:, 0], atol=1e-3)
+    torch.testing.assert_close(causal(later, context)[:, :12], causal(x, context)[:, :12])
+
+
+def test_detr_style_decoder_trains_its_object_queries_on_a_wider_context():
+    """Zero targets, learned object queries as query_pos, a context of another width with
+    positions of its own: the shapes, and gradients reaching the queries and the positions."""
+    torch.manual_seed(0)
+    model = TransformerDecoder(
+        config(position="none", decoder_causal=False, context_dim=24, dropout=0.1)
+    ).train()
+    assert model.blocks[0].cross_attn.to_k.in_features == 24
+    assert model.blocks[0].self_attn.to_k.in_features == DIM
+    object_queries = torch.nn.Parameter(torch.randn(5, DIM))
+    pos = torch.randn(2, 9, 24, requires_grad=True)
+    memory = torch.randn(2, 9, 24)
+    out = model(torch.zeros(2, 5, DIM), memory, query_pos=object_queries, pos=pos)
+    assert out.shape == (2, 5, DIM)
+    # Not out.square(): the final LayerNorm makes each token's mean square 1 whatever its input.
+    (out * torch.randn_like(out)).sum().backward()
+    for name, t in [("object_queries", object_queries), ("pos", pos)]:
+        assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 1e-4, name
+    with pytest.raises(RuntimeError):  # a context of the model's width no longer fits
+        model(torch.zeros(2, 5, DIM), torch.randn(2, 9, DIM))
+
+
 def test_encoder_without_positions_is_permutation_equivariant():
     x, _ = inputs("encoder")
     perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
@@ -217,7 +319,12 @@ def test_config_validation_names_the_key():
         config(dim=7, heads=1)
     with pytest.raises(ConfigError, match="model.position = 'rope'"):
         build(TransformerConfig, {"position": "rope"}, where="model")
+    with pytest.raises(ConfigError, match="context_dim = 0: expected an int >= 1 or null"):
+        config(context_dim=0)
     cfg = build(
         TransformerConfig, {"dim": 32, "attention": "linear", "gradient_checkpointing": True}
     )
     assert (cfg.dim, cfg.attention, cfg.gradient_checkpointing) == (32, "linear", True)
+    assert (cfg.decoder_causal, cfg.context_dim) == (True, None)
+    cfg = build(TransformerConfig, {"decoder_causal": False, "context_dim": 768})
+    assert (cfg.decoder_causal, cfg.context_dim) == (False, 768)

@@ -24,6 +24,11 @@ def test_build_from_params_section():
         ({"device": "tpu"}, "train.device", "one of"),
         ({"precision": "fp16"}, "train.precision", "one of"),
         ({"seed": -1}, "train.seed", ">= 0"),
+        ({"warmup_steps": -1}, "train.warmup_steps", "an int >= 0"),
+        ({"val_every": 0}, "train.val_every", "None or an int >= 1"),
+        ({"compile": "yes"}, "train.compile", "one of ['auto', 'always', 'never']"),
+        ({"channels_last": True}, "train.channels_last", "one of ['auto', 'always', 'never']"),
+        ({"shuffle": "no"}, "train.shuffle", "bool"),
     ],
 )
 def test_bad_values_name_key_and_expectation(data, key, expected):
@@ -33,7 +38,27 @@ def test_bad_values_name_key_and_expectation(data, key, expected):
     assert expected in err.value.expected
 
 
-def test_direct_construction_is_checked_too():
+@pytest.mark.parametrize(
+    ("kwargs", "key", "expected"),
+    [
+        ({"device": "gpu"}, "device", "one of auto|cpu|cuda|mps"),
+        ({"compile": "yes"}, "compile", "one of auto|always|never"),
+        ({"channels_last": None}, "channels_last", "one of auto|always|never"),
+        ({"steps": "5"}, "steps", "an int >= 1"),  # types too, not only ranges
+        ({"steps": True}, "steps", "an int >= 1"),
+        ({"val_every": 2.5}, "val_every", "None or an int >= 1"),
+        ({"lr": "3e-4"}, "lr", "a float > 0"),
+        ({"betas": 0.9}, "betas", "two floats in [0, 1)"),
+        ({"progress": 1}, "progress", "true or false"),
+        ({"schedule": "step"}, "schedule", "one of cosine|linear|constant"),
+    ],
+)
+def test_direct_construction_is_checked_too(kwargs, key, expected):
     with pytest.raises(ConfigError) as err:
-        TrainConfig(device="gpu")
-    assert (err.value.key, err.value.value) == ("device", "gpu")
+        TrainConfig(**kwargs)
+    assert (err.value.key, err.value.value, err.value.expected) == (key, *kwargs.values(), expected)
+
+
+def test_runtime_knobs_default_to_auto():
+    cfg = TrainConfig()
+    assert (cfg.compile, cfg.channels_last) == ("auto", "auto")

@@ -1,8 +1,14 @@
 import pytest
 import torch
+from torch import nn
 
 from components.config import ConfigError
-from components.train.device import autocast_dtype, select_device
+from components.train.device import (
+    autocast_dtype,
+    select_device,
+    use_channels_last,
+    use_compile,
+)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -45,3 +51,34 @@ def test_precision():
     assert autocast_dtype("auto", cuda) is torch.bfloat16
     assert autocast_dtype("fp32", cuda) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("switch", "cpu", "cuda"),
+    [("auto", False, True), ("always", True, True), ("never", False, False)],
+)
+def test_compile_switch(switch, cpu, cuda):
+    assert use_compile(switch, torch.device("cpu")) is cpu
+    assert use_compile(switch, torch.device("cuda", 0)) is cuda
+
+
+def test_channels_last_auto_wants_cuda_and_4d_weights():
+    conv, mlp, cuda = nn.Conv2d(2, 3, 3), nn.Linear(2, 3), torch.device("cuda", 0)
+    assert use_channels_last("auto", cuda, conv)
+    assert not use_channels_last("auto", cuda, mlp)
+    assert not use_channels_last("auto", torch.device("cpu"), conv)
+    assert use_channels_last("always", torch.device("cpu"), mlp)
+    assert not use_channels_last("never", cuda, conv)
+
+
+@pytest.mark.parametrize(
+    ("call", "key"),
+    [
+        (lambda: use_compile("yes", torch.device("cpu")), "compile"),
+        (lambda: use_channels_last("on", torch.device("cpu"), nn.Linear(1, 1)), "channels_last"),
+    ],
+)
+def test_bad_switch_is_a_config_error(call, key):
+    with pytest.raises(ConfigError, match="expected one of auto|always|never") as err:
+        call()
+    assert err.value.key == key

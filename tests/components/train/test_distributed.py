@@ -1,4 +1,5 @@
-"""2 CPU ranks under torchrun (gloo) train like 1 process with the same global batch."""
+"""2 CPU ranks under torchrun (gloo) train like 1 process with the same global batch: through
+DDP, and with param groups (a GAN) through the engine's own gradient averaging."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import torch
 
 from components.train import checkpoint, train
 from components.train.distributed import DistEnv, detect
-from tests.components.train.train_script import ToyTask, config
+from tests.components.train.train_script import GanTask, ToyTask, config
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -70,3 +71,21 @@ def test_killed_ddp_run_resumes(tmp_path, single):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ddp = torch.load(tmp_path / "final.pt", weights_only=True)
     torch.testing.assert_close(ddp["model"], single.model.state_dict(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def single_gan(tmp_path_factory):
+    return train(GanTask(dropout=0.0), config(**COMMON), tmp_path_factory.mktemp("single_gan"))
+
+
+def test_two_ranks_train_a_gan_like_one_process(tmp_path, single_gan):
+    """Two losses, two groups, the discriminator from update 7; the eval hook on rank 0 only."""
+    ran = _torchrun(tmp_path, "--task", "gan", "--eval-log", str(tmp_path))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    ddp = torch.load(tmp_path / "final.pt", weights_only=True)
+    torch.testing.assert_close(ddp["model"], single_gan.model.state_dict(), rtol=1e-5, atol=1e-6)
+    keys = ["train/loss/generator", "train/grad_norm/discriminator", "val/loss/discriminator"]
+    for key in keys:
+        assert ddp["metrics"][key] == pytest.approx(single_gan.metrics[key], rel=1e-5), key
+    assert (tmp_path / "eval-rank0.txt").read_text().split() == ["6", "12"]
+    assert not (tmp_path / "eval-rank1.txt").exists()

@@ -1,5 +1,7 @@
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -9,9 +11,9 @@ from components.train.data import BatchPlan
 from tests.components.train.train_script import Stop, ToyTask, config
 
 
-def _run(task, cfg, checkpoint_dir=None):
+def _run(task, cfg, checkpoint_dir=None, on_eval=None):
     seen: dict[int, dict[str, float]] = {}
-    result = train(task, cfg, checkpoint_dir, lambda step, m: seen.setdefault(step, m))
+    result = train(task, cfg, checkpoint_dir, lambda step, m: seen.setdefault(step, m), on_eval)
     return result, seen
 
 
@@ -145,3 +147,62 @@ def test_bf16_autocast_runs_on_cpu():
     result, seen = _run(ToyTask(), config(steps=3, precision="bf16", device="cpu"))
     assert result.step == 3 and math.isfinite(seen[3]["train/loss"])
     assert next(result.model.parameters()).dtype == torch.float32  # autocast, not a cast
+
+
+class EvalProbe:
+    """An eval hook that draws from every generator and runs the model, as a sampler would."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, model: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        noise = torch.randn(4, 8)
+        draws = (noise, random.random(), np.random.rand())
+        self.calls.append(
+            {
+                "step": step,
+                "model": model,
+                "training": model.training,
+                "grad": torch.is_grad_enabled(),
+                "weights": {k: v.clone() for k, v in model.state_dict().items()},
+                "draws": draws,
+            }
+        )
+        return {"sample_mean": model(noise).mean()}
+
+
+def test_eval_hook_gets_the_ema_model_under_a_fixed_seed_and_leaves_training_alone():
+    cfg = config(steps=10, val_every=5)
+    probe = EvalProbe()
+    hooked, seen = _run(ToyTask(), cfg, on_eval=probe)
+    plain, plain_seen = _run(ToyTask(), cfg)
+
+    # the training stream is untouched: same weights, same metrics (dropout draws each step)
+    pairs = zip(_weights(hooked.model, hooked.ema), _weights(plain.model, plain.ema), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    without_eval = {s: {k: v for k, v in m.items() if k[:5] != "eval/"} for s, m in seen.items()}
+    assert without_eval == plain_seen
+    assert [call["step"] for call in probe.calls] == [5, 10]
+    last = probe.calls[-1]
+    assert all(call["model"] is hooked.ema for call in probe.calls)
+    assert not last["training"] and not last["grad"]
+    torch.testing.assert_close(last["weights"], hooked.ema.state_dict(), rtol=0, atol=0)
+    with rng.isolated(cfg.seed):  # the same draws as validation's, at every call
+        expected = (torch.randn(4, 8), random.random(), np.random.rand())
+    for call in probe.calls:
+        assert torch.equal(call["draws"][0], expected[0])
+        assert call["draws"][1:] == expected[1:]
+    with torch.no_grad():
+        assert seen[10]["eval/sample_mean"] == pytest.approx(hooked.ema(expected[0]).mean().item())
+    assert sorted(k for k in seen[5] if k[:5] == "eval/") == ["eval/sample_mean"]
+
+
+def test_eval_hook_without_ema_or_val_data_gets_the_model_in_eval_mode():
+    task = ToyTask()
+    task.val_data = None
+    probe = EvalProbe()
+    result, seen = _run(task, config(steps=6, val_every=3, ema_decay=None), on_eval=probe)
+    assert [call["step"] for call in probe.calls] == [3, 6]
+    assert all(call["model"] is result.model and not call["training"] for call in probe.calls)
+    assert "eval/sample_mean" in seen[3] and "val/loss" not in seen[3]
+    assert result.model.training  # put back
