@@ -23,9 +23,12 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -79,14 +82,28 @@ def runtime_field(default: Any) -> Any:
 
 
 def runtime_keys(cls: type) -> list[str]:
-    """Names of `cls`'s runtime knobs (top level)."""
-    return [f.name for f in dataclasses.fields(cls) if f.metadata.get(RUNTIME)]
+    """Dotted names of `cls`'s runtime knobs, nested config sections included
+    ("device", "train.compile")."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get(RUNTIME):
+            keys.append(f.name)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{k}" for k in runtime_keys(hints[f.name])]
+    return keys
 
 
 def identity(config: Any) -> dict[str, Any]:
     """`to_dict(config)` without its runtime knobs: what the outputs depend on."""
-    drop = set(runtime_keys(type(config)))
-    return {k: v for k, v in to_dict(config).items() if k not in drop}
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get(RUNTIME):
+            continue
+        value = getattr(config, f.name)
+        is_section = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        out[f.name] = identity(value) if is_section else value
+    return out
 
 
 def _join(where: str, key: str) -> str:
@@ -122,7 +139,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, value, f"a mapping ({_name(tp)})")
         kt, vt = args or (Any, Any)
         return {_coerce(kt, k, key): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a type hint: never an instance
         return build(tp, value, key)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

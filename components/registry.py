@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 
 from components.stage import Stage
 
@@ -22,16 +24,24 @@ class UnknownComponentError(KeyError):
 
 
 def module_of(name: str) -> str:
-    """Dotted module path of component `name`."""
-    if name not in COMPONENTS:
-        raise UnknownComponentError(
-            f"unknown component {name!r}: expected one of {sorted(COMPONENTS)}"
-        )
-    return COMPONENTS[name]
+    """Dotted module path of component `name`: a registered name, or the path of any
+    importable module that declares `STAGE` (a project's own component: `my_pkg.my_stage`)."""
+    if name in COMPONENTS:
+        return COMPONENTS[name]
+    with contextlib.suppress(ImportError, ValueError):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    raise UnknownComponentError(
+        f"unknown component {name!r}: expected one of {sorted(COMPONENTS)}, or the path of a "
+        "module that declares STAGE"
+    )
 
 
 def load(name: str) -> Stage:
     """The `Stage` declared by component `name`."""
-    stage = importlib.import_module(module_of(name)).STAGE
+    module = importlib.import_module(module_of(name))
+    stage = getattr(module, "STAGE", None)
+    if not isinstance(stage, Stage):
+        raise UnknownComponentError(f"component {name!r}: module {module.__name__} has no STAGE")
     assert stage.name == name, f"{module_of(name)}.STAGE is named {stage.name!r}, not {name!r}"
     return stage

@@ -96,6 +96,10 @@ class StageIO:
     work: Path | None = None
     log: StageLogger = field(default_factory=StageLogger)
 
+    def path(self, ref: Path | Output) -> Path:
+        """Where `ref` is now: an `Output` inside this IO's outputs, or a plain path as is."""
+        return self.outputs[ref.role] / ref.path if isinstance(ref, Output) else ref
+
 
 @dataclass
 class Dataset:
@@ -137,12 +141,16 @@ class Stage:
     inputs/outputs: the names `StageIO` carries.
     run:     (config, io) -> StageResult.
     key_metrics: the few metrics a run summary shows for this component.
+    distributed: `run` may run on several processes under torchrun (`runtime.<stage>.nproc`
+             in params.yaml): every rank calls it with the same config and IO; the component
+             writes its outputs on rank 0 only (the training engine does).
     """
 
     name: str
     version: str
-    config: type
+    config: type[Any]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     run: Callable[[Any, StageIO], StageResult]
     key_metrics: tuple[str, ...] = ()
+    distributed: bool = False

@@ -65,7 +65,11 @@ def _run_locked(root: Path, args: argparse.Namespace) -> int:
 
     from flows import pipeline
 
-    flow = pipeline.pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs))
+    # Prefect types task_runner as TaskRunner[PrefectFuture[Any]], invariant: no
+    # ThreadPoolTaskRunner[R] fits it (Prefect casts its own default runner alike).
+    flow = pipeline.pipeline.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=args.jobs)  # type: ignore[arg-type]
+    )
     with prefect_server.api():  # stopped last, after the flow recorded how it ended
         try:
             reports = flow(targets=args.stages, force=args.force, root=str(root))

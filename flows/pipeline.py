@@ -29,7 +29,6 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.states import Cancelled, Completed
 
-from components import registry
 from flows import (
     atomic,
     interrupts,
@@ -138,11 +137,8 @@ def run_stage_task(
     rootp, name = Path(root), spec.name
     with project.dvc_repo(rootp) as repo:
         unchanged = not force and not project.changed(project.stage_named(repo, name))
-    key = list(registry.load(spec.component).key_metrics) if spec.component else []
-    if unchanged:
-        report = StageReport(
-            name, "skipped", metrics=plan.read_metrics(rootp, spec), key_metrics=key
-        )
+    if unchanged:  # no stage result names its key metrics: the summary shows the first few
+        report = StageReport(name, "skipped", metrics=plan.read_metrics(rootp, spec))
         return Completed(name="Skipped", message=f"{name}: unchanged (DVC)", data=report)
 
     started = time.time()
@@ -162,6 +158,7 @@ def run_stage_task(
         _log_lock(rootp, parent.id())
     metrics = run_info.get("metrics") or plan.read_metrics(rootp, spec)
     seconds = time.time() - started
+    key = run_info.get("key_metrics") or []
     return StageReport(name, "ran", seconds, metrics, run_info.get("run_id", ""), key_metrics=key)
 
 
@@ -300,6 +297,7 @@ def _run(
                 lock_order,
                 extra_tags,
                 push,
+                return_state=False,  # the default; Prefect types wait_for only alongside it
                 wait_for=upstream,
             )
         reports = [settled[n] if n in settled else _report(n, futures[n]) for n in names]
@@ -415,6 +413,7 @@ def _end_parent_run(
     }
     for status, n in counts.items():
         client.log_metric(run_id, f"stages_{status.replace(' ', '_')}", n)
-    client.log_dict(run_id, [asdict(r) for r in reports], "summary.json")
+    # log_dict is typed for a dict, but json-dumps any JSON value (a list here)
+    client.log_dict(run_id, [asdict(r) for r in reports], "summary.json")  # type: ignore[arg-type]
     ok = not counts["failed"] and pushed is not False
     client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

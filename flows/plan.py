@@ -135,8 +135,9 @@ def check_params(root: Path, candidate: str) -> None:
 
 def validate_specs(root: Path, specs: list[project.StageSpec]) -> dict[str, dict]:
     """Every stage's commands (runnable without a shell) and every component stage's config
-    and I/O binding, before any stage runs; returns the resolved configs by stage."""
-    from components.config import to_dict
+    and I/O binding, before any stage runs; returns each config's identity (runtime knobs
+    left out, as work dirs are keyed) by stage."""
+    from components.config import identity
     from flows import stage_runner  # imports the component registry
 
     configs = {}
@@ -144,7 +145,7 @@ def validate_specs(root: Path, specs: list[project.StageSpec]) -> dict[str, dict
         for command in spec.commands:
             project.command_argv(spec, command)
         if spec.component:
-            configs[spec.name] = to_dict(stage_runner.prepare(root, spec.name, spec)[2])
+            configs[spec.name] = identity(stage_runner.prepare(root, spec.name, spec)[2])
     return configs
 
 

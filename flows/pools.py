@@ -85,7 +85,9 @@ def ensure_zombie_automation(api_url: str, silence: float = 3 * HEARTBEAT_SECOND
                 within=timedelta(seconds=silence),
             ),
             actions=[
-                ChangeFlowRunState(
+                # name, force: Prefect's Field(None/False) defaults, which mypy (without the
+                # pydantic plugin) reads as required
+                ChangeFlowRunState(  # type: ignore[call-arg]
                     state=StateType.CRASHED,
                     message=f"no heartbeat for {silence:.0f} s: its worker or machine died",
                 )

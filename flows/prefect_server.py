@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from flows import orphans
@@ -74,12 +74,12 @@ def _drain_prefect_clients() -> None:
 
     async def drain() -> None:
         with contextlib.suppress(RuntimeError):  # never started
-            result = APILogWorker.instance().drain()
-            if hasattr(result, "__await__"):
-                await result
-        result = EventsWorker.drain_all()
-        if hasattr(result, "__await__"):
-            await result
+            logs = APILogWorker.instance().drain()
+            if hasattr(logs, "__await__"):
+                await logs
+        events = EventsWorker.drain_all()
+        if isinstance(events, Awaitable):  # has __await__
+            await events
 
     with contextlib.suppress(Exception):
         run_coro_as_sync(drain())

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -274,7 +274,7 @@ def digests(root: Path, paths: list[str]) -> dict[str, str]:
             if not os.path.exists(full):
                 continue
             _, _, obj = build(repo.cache.local, full, repo.fs, "md5", ignore=repo.dvcignore)
-            out[path] = obj.hash_info.value
+            out[path] = cast(str, obj.hash_info.value)  # set: build() just hashed it
     return out
 
 

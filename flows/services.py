@@ -297,7 +297,9 @@ def _worker_specs(
     CPU workers see no GPU, so their flow runs never contend with a GPU slot. GPU slot i sees
     only device i and runs one flow run at a time (--limit 1): one GPU never runs two.
     """
-    workers = [(f"worker-{p}", p, "", []) for p in dict.fromkeys(pools)]
+    workers: list[tuple[str, str, str, list[str]]] = [
+        (f"worker-{p}", p, "", []) for p in dict.fromkeys(pools)
+    ]
     workers += [(f"worker-gpu-{i}", "gpu", str(i), ["--limit", "1"]) for i in range(gpu_slots)]
     specs = []
     for name, pool, devices, extra in workers:
@@ -545,6 +547,7 @@ def status(state_dir: Path) -> list[ServiceStatus]:
     """Each recorded service: running (healthy), unhealthy (alive, not answering), stopped."""
     rows = []
     for svc in _load(state_dir.resolve()):
+        state: Literal["running", "stopped", "unhealthy"]
         if _process(svc) is None:
             state = "stopped"
         else:

@@ -19,12 +19,12 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from components import registry
-from components.config import build, to_dict
+from components.config import build, identity, runtime_keys, to_dict
 from components.stage import Dataset, Stage, StageInputError, StageIO
-from flows import atomic, interrupts, params, project, tracking, workspace
+from flows import atomic, interrupts, launch, live, params, project, tracking, workspace
 
 RUN_INFO_ENV = "LOOM_RUN_INFO"  # where `loom run` asks the stage to leave its run id + metrics
 WORK_DIR_ENV = "LOOM_WORK_DIR"  # stable base directory for stages' resumable work dirs
@@ -32,9 +32,13 @@ WORK_DIR_ENV = "LOOM_WORK_DIR"  # stable base directory for stages' resumable wo
 
 @dataclass
 class Outcome:
+    """What `loom stage` hands back to a `loom run` (as JSON at $LOOM_RUN_INFO): the one channel
+    by which the flow learns a stage's metrics, without importing its component."""
+
     run_id: str
     metrics: dict[str, float]
     seconds: float
+    key_metrics: list[str]  # the few a summary shows (the component's `Stage.key_metrics`)
 
 
 def bind(spec: project.StageSpec, stage: Stage) -> None:
@@ -67,9 +71,90 @@ def prepare(
         raise project.ProjectError(f"dvc.yaml: stage {name!r} has no meta.component to run")
     stage = registry.load(spec.component)
     section = params.section(all_params, spec.config_key) if spec.config_key else {}
+    section = _with_runtime(all_params, spec, stage, section)
     config = build(stage.config, section, where=f"{params.PARAMS_FILE}: {spec.config_key}")
+    launch_processes(all_params, spec, stage)
     bind(spec, stage)
     return spec, stage, config
+
+
+RUNTIME_SECTION = "runtime"  # params.yaml: runtime.<stage> = that stage's runtime knobs
+LAUNCH_KNOBS = {"nproc": "processes to launch the stage on, under torchrun (default 1)"}
+
+
+def runtime_name(stage: str) -> str:
+    """The key of stage `stage` under `runtime:`: its dvc.yaml name without a foreach key
+    ("word2vec@small" -> "word2vec"; DVC's "path/dvc.yaml:NAME" addresses too)."""
+    return stage.rpartition(":")[2].partition("@")[0]
+
+
+def runtime_knobs(all_params: dict, name: str) -> dict[str, Any]:
+    """`runtime.<stage>` of params.yaml as dotted keys ("device", "train.compile")."""
+    base = runtime_name(name)
+    where = f"{params.PARAMS_FILE}: {RUNTIME_SECTION}.{base}"
+    runtime = (all_params.get(RUNTIME_SECTION) or {}).get(base)
+    if runtime is None:
+        return {}
+    if not isinstance(runtime, dict):
+        raise params.ParamsError(f"{where} = {runtime!r}: expected a mapping")
+    return _dotted(runtime)
+
+
+def launch_processes(all_params: dict, spec: project.StageSpec, stage: Stage) -> int:
+    """`runtime.<stage>.nproc` (default 1), checked: more than one needs a distributed stage."""
+    nproc = runtime_knobs(all_params, spec.name).get("nproc", 1)
+    key = f"{params.PARAMS_FILE}: {RUNTIME_SECTION}.{runtime_name(spec.name)}.nproc"
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise params.ParamsError(f"{key} = {nproc!r}: expected an int >= 1")
+    if nproc > 1 and not stage.distributed:
+        raise params.ParamsError(
+            f"{key} = {nproc}: component {stage.name!r} runs on one process only "
+            "(its Stage is not `distributed`)"
+        )
+    return nproc
+
+
+def _dotted(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"compile": "auto"}} -> {"train.compile": "auto"} (values as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        out.update(_dotted(value, full) if isinstance(value, dict) and value else {full: value})
+    return out
+
+
+def _with_runtime(all_params: dict, spec: project.StageSpec, stage: Stage, section: Any) -> Any:
+    """The stage's params section with its runtime knobs from `runtime.<stage>` merged in.
+
+    A runtime knob (`components.config.runtime_field`: device, threads, compile, progress)
+    says how the work runs, not what it makes. It lives outside the stage's own section,
+    which the stage lists under `params` in dvc.yaml: so changing it re-runs nothing. The
+    launch knobs (`nproc`) are the runner's, for every component stage."""
+    knobs = runtime_keys(stage.config)
+    base = runtime_name(spec.name)
+    flat = _dotted(section) if isinstance(section, dict) else {}
+    for key in knobs:
+        if key in flat:
+            raise params.ParamsError(
+                f"{params.PARAMS_FILE}: {spec.config_key}.{key} is a runtime knob of stage "
+                f"{spec.name!r}: set it under {RUNTIME_SECTION}.{base}.{key}, where changing "
+                "it does not re-run the stage"
+            )
+    merged = dict(section or {})
+    for key, value in runtime_knobs(all_params, spec.name).items():
+        if key in LAUNCH_KNOBS:
+            continue
+        if key not in knobs:
+            raise params.ParamsError(
+                f"{params.PARAMS_FILE}: {RUNTIME_SECTION}.{base}.{key}: not a runtime knob of "
+                f"stage {spec.name!r}; expected one of {[*knobs, *LAUNCH_KNOBS]}"
+            )
+        node = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node[part] = node = dict(node.get(part) or {})
+        node[leaf] = value
+    return merged
 
 
 def run_stage(root: Path, name: str) -> Outcome:
@@ -100,7 +185,7 @@ def run_stage(root: Path, name: str) -> Outcome:
     resolved = to_dict(config)
 
     with (
-        claim_work_dir(work_dir(root, name, resolved, known), f"loom stage {name}") as work,
+        claim_work_dir(work_dir(root, name, identity(config), known), f"loom stage {name}") as work,
         mlflow.start_run(
             experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags
         ) as run,
@@ -113,7 +198,7 @@ def run_stage(root: Path, name: str) -> Outcome:
             mlflow.end_run("KILLED")
             raise
 
-    outcome = Outcome(run_id=run_id, metrics=metrics, seconds=metrics["stage_seconds"])
+    outcome = Outcome(run_id, metrics, metrics["stage_seconds"], list(stage.key_metrics))
     if os.environ.get(RUN_INFO_ENV):
         atomic.write_json(Path(os.environ[RUN_INFO_ENV]), outcome.__dict__)
     return outcome
@@ -133,21 +218,31 @@ def _tracked_run(
     Returns the metrics (wall-clock ones included)."""
     import mlflow
 
-    run_id = mlflow.active_run().info.run_id
+    run_id = cast("mlflow.ActiveRun", mlflow.active_run()).info.run_id
     client = mlflow.MlflowClient()
     started = time.time()
-    _link_resumed_run(work, run_id, spec.name, resolved)
+    _link_resumed_run(work, run_id, spec.name, identity(config))
     mlflow.log_params(tracking.flatten(resolved))
     mlflow.log_dict(resolved, "config.json")
     for role, path in inputs.items():
         _log_dataset(root, role, path, "input", known)
 
     targets = {role: root / p for role, p in spec.outputs.items()}
+    logger = live.StageLog(client, run_id)
     try:
         with atomic.staged_outputs(targets) as scratch:
-            result = stage.run(config, StageIO(inputs=inputs, outputs=scratch, work=work))
-            moved = {str(scratch[r]): str(targets[r]) for r in targets}
+            io = StageIO(inputs=inputs, outputs=scratch, work=work, log=logger)
+            nproc = launch_processes(params.load(root), spec, stage)
+            if nproc > 1:  # rank 0 tracks live in its own process; its series come back
+                mlflow.set_tag(tracking.NPROC_TAG, str(nproc))
+                result, ranks_series = launch.torchrun(
+                    cast(str, spec.component), config, io, nproc, run_id
+                )
+                logger.metrics += [(s, {k: v}) for k, pts in ranks_series.items() for s, v in pts]
+            else:
+                result = stage.run(config, io)
     except Exception as err:
+        logger.flush()  # what was reported before the failure stays in MLflow
         full = _disk_full(err, targets)
         mlflow.set_tag(tracking.ERROR_TAG, f"{type(full or err).__name__}: {full or err}"[:5000])
         if full is not None:
@@ -157,22 +252,23 @@ def _tracked_run(
     seconds = time.time() - started
     metrics = {k: float(v) for k, v in result.metrics.items()}
     metrics["stage_seconds"] = round(seconds, 3)
-    write_reports(root, spec, metrics, result.curves)
+    logger.flush()
+    write_reports(root, spec, metrics, {**logger.series(), **result.curves})
 
     out_digests = project.digests(root, spec.outs + spec.metrics + spec.plots)
     mlflow.set_tags({f"{tracking.OUT_TAG_PREFIX}{p}": d for p, d in out_digests.items()})
     known.update(out_digests)
     mlflow.log_metrics(metrics)
     tracking.log_curves(client, run_id, result.curves)
-    for path in [*(root / m for m in spec.metrics + spec.plots), *result.artifacts]:
-        path = Path(_relocate(str(path), moved))
+    final = StageIO(inputs=inputs, outputs=targets)  # where the outputs are now
+    reports = [root / m for m in spec.metrics + spec.plots]
+    for path in [*reports, *map(final.path, result.artifacts)]:
         if path.is_file():
             mlflow.log_artifact(str(path))
     for role, path in targets.items():
         _log_dataset(root, role, path, "output", known)
     for ds in result.datasets:
-        ds_path = Path(_relocate(str(ds.path), moved))
-        _log_dataset(root, ds.name, ds_path, ds.context, known, ds)
+        _log_dataset(root, ds.name, final.path(ds.path), ds.context, known, ds)
 
     return metrics
 
@@ -311,14 +407,6 @@ def _remove_work_dir(root: Path, work: Path) -> None:
                 break  # not empty (services state, sweeps, other stages' work)
 
 
-def _relocate(path: str, moved: dict[str, str]) -> str:
-    """A path the component returned inside a scratch output, mapped to its final place."""
-    for tmp, final in moved.items():
-        if path == tmp or path.startswith(tmp + os.sep):
-            return final + path[len(tmp) :]
-    return path
-
-
 def _log_dataset(
     root: Path,
     name: str,
@@ -343,7 +431,8 @@ def _log_dataset(
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(path.resolve()))
-    dataset = MetaDataset(source=source, name=name, digest=digest[:36] or None)
+    # MetaDataset leaves mlflow's Dataset.profile abstract, but Dataset is no ABC: it builds
+    dataset = MetaDataset(source=source, name=name, digest=digest[:36] or None)  # type: ignore[abstract]
     tags = {"dvc.md5": digest, "path": rel}
     if ds is not None and ds.num_rows is not None:
         tags["num_rows"] = str(ds.num_rows)

@@ -25,12 +25,17 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
 from flows import compare, git, params, project, tracking
 from flows.params import ParamsError
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.futures import PrefectFuture
 
 
 class SweepError(RuntimeError):
@@ -164,7 +169,7 @@ def share_cache(root: Path, workspace: Path) -> None:
 
 
 def _outcome(
-    index: int, point: dict[str, Any], ok: bool, flow_run_id: Any = "", error: str = ""
+    index: int, point: dict[str, Any], ok: bool, flow_run_id: Any = "", error: str | None = ""
 ) -> dict[str, Any]:
     return {
         "index": index,
@@ -227,8 +232,11 @@ def _run_point_here(request: dict[str, Any], answer: Path) -> int:
     from flows.pipeline import pipeline
 
     # One stage at a time per point: max_parallel bounds the sweep's stage processes.
+    # Prefect types task_runner as TaskRunner[PrefectFuture[Any]], invariant: no
+    # ThreadPoolTaskRunner[R] fits it (Prefect casts its own default runner alike).
     flow = pipeline.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=1), flow_run_name=request["flow_run_name"]
+        task_runner=ThreadPoolTaskRunner(max_workers=1),  # type: ignore[arg-type]
+        flow_run_name=request["flow_run_name"],
     )
     with tags(request["prefect_tag"]):
         state = flow(
@@ -266,8 +274,15 @@ def run_pool_point(
     if targets:
         parameters["targets"] = targets
     try:
-        run = run_deployment(
-            deployment, parameters=parameters, timeout=None, flow_run_name=f"{sweep_id}-{index}"
+        # a FlowRun: called from sync code (Prefect types it sync-or-coroutine)
+        run = cast(
+            "FlowRun",
+            run_deployment(
+                deployment,
+                parameters=parameters,
+                timeout=None,
+                flow_run_name=f"{sweep_id}-{index}",
+            ),
         )
     except Exception as err:
         return _outcome(index, point, False, error=f"{type(err).__name__}: {err}")
@@ -342,6 +357,8 @@ def run_sweep(
     # Worktrees on the project's filesystem (cache links work, no tmpfs fills up) and
     # git-ignored; DVC skips them as nested repositories.
     workdir = rootp / ".loom" / "sweeps" / sweep_id
+    point_task: Task[..., dict[str, Any]]
+    args: list[tuple[Any, ...]]
     if pool_deployment:
         point_task = task(name="sweep-point", task_run_name="point {index}")(run_pool_point)
         args = [(pool_deployment, sweep_id, i, p, targets) for i, p in enumerate(points)]
@@ -358,7 +375,8 @@ def run_sweep(
     with tracking.environ("MLFLOW_TRACKING_URI", tracking.tracking_uri(rootp)):
         tracking.setup(rootp)  # the experiment is created at the project's artifact root
         try:
-            futures, running = [], []
+            futures: list[PrefectFuture[dict[str, Any]]] = []
+            running: list[PrefectFuture[dict[str, Any]]] = []
             for a in args:  # a sliding window, whatever the task runner's size
                 if len(running) >= max_parallel:
                     running.remove(next(as_completed(running)))

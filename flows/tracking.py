@@ -22,9 +22,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flows import git
+
+if TYPE_CHECKING:
+    from mlflow.entities import Experiment
 
 EXPERIMENT_ENV = "LOOM_EXPERIMENT"
 DEFAULT_EXPERIMENT = "loom"
@@ -47,6 +50,7 @@ GIT_COMMIT_TAG, GIT_DIRTY_TAG = "loom.git.commit", "loom.git.dirty"
 HOST_TAG, PYTHON_TAG, DEVICE_TAG = "loom.host", "loom.python", "loom.device"
 CUDA_DEVICES_TAG = "loom.cuda_visible_devices"
 PID_TAG = "loom.pid"
+NPROC_TAG = "loom.nproc"  # a stage launched on several processes (torchrun): how many
 FLOW_RUN_TAG = "prefect.flow_run_id"
 # A sweep point's runs (pipeline and stages): the sweep, the point's index, the point as JSON.
 SWEEP_ID_TAG = "loom.sweep_id"
@@ -166,8 +170,8 @@ def setup(root: Path) -> str:
     location = artifact_root(root) if uri.startswith("sqlite:") else None
     try:
         return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by a sibling stage
-        return client.get_experiment_by_name(name).experiment_id
+    except Exception:  # created concurrently by a sibling stage: it exists now
+        return cast("Experiment", client.get_experiment_by_name(name)).experiment_id
 
 
 def lineage_tags(root: Path, flow_run_id: str | None) -> dict[str, str]:

@@ -28,7 +28,8 @@ TINY_PARAMS = {
     "stdlib_text": {"max_docs": 150},
     "corpus": {"val_fraction": 0.1},
     "bpe": {"small": {"vocab_size": 300}, "large": {"vocab_size": 420}},
-    "word2vec": {"dim": 16, "epochs": 2, "min_count": 2, "progress": False},
+    "word2vec": {"dim": 16, "epochs": 2, "min_count": 2},
+    "runtime": {"word2vec": {"progress": False}},
     "embedding_eval": {"restrict_vocab": 2000, "plot_words": 40},
 }
 ALL_STAGES = [

@@ -81,6 +81,7 @@ class ResBlock(nn.Module):
         self.conv_out = nn.Conv2d(c_out, c_out, 3, padding=1)
         if config.zero_init:
             nn.init.zeros_(self.conv_out.weight)
+            assert self.conv_out.bias is not None  # Conv2d(bias=True)
             nn.init.zeros_(self.conv_out.bias)
         self.skip = nn.Identity() if c_out == c_in else nn.Conv2d(c_in, c_out, 1)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from components.config import require
+from components.config import require, runtime_field
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -37,13 +37,14 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps between checkpoints (and at the last step)
     keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted
     seed: int = 0
-    device: Device = "auto"  # auto: cuda > mps > cpu
+    device: Device = runtime_field("auto")  # auto: cuda > mps > cpu
     precision: Precision = "auto"  # auto: bf16 autocast on cuda, fp32 elsewhere
     shuffle: bool = True  # a fresh permutation per epoch, from (seed, epoch)
-    num_workers: int = 0  # DataLoader worker processes
-    progress: bool = True  # tqdm bar on rank 0
-    compile: Switch = "auto"  # torch.compile the model's forward; auto: on CUDA only
-    channels_last: Switch = "auto"  # channels-last weights; auto: on CUDA for 4-D (conv) weights
+    num_workers: int = runtime_field(0)  # DataLoader worker processes
+    progress: bool = runtime_field(True)  # tqdm bar on rank 0
+    # Runtime knobs above and here (components.config.runtime_field): not a stage's identity.
+    compile: Switch = runtime_field("auto")  # torch.compile the forward; auto: on CUDA only
+    channels_last: Switch = runtime_field("auto")  # auto: on CUDA, for 4-D (conv) weights
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -82,11 +83,11 @@ class TrainConfig:
             clip,
             "None or a float > 0",
         )
-        decay = self.ema_decay
+        ema_decay = self.ema_decay
         require(
-            decay is None or (is_number(decay) and 0 <= decay < 1),
+            ema_decay is None or (is_number(ema_decay) and 0 <= ema_decay < 1),
             "ema_decay",
-            decay,
+            ema_decay,
             "None or a float in [0, 1)",
         )
         for key, choices in (

@@ -3,35 +3,40 @@ precision, `torch.compile` and the channels-last memory format."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from components.config import ConfigError
 
 
-def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """The torch device for config `device`; under DDP on CUDA, the rank's own GPU.
+def select_device(
+    name: str = "auto",
+    local_rank: int = 0,
+    key: str = "device",
+    auto: tuple[str, ...] = ("cuda", "mps"),
+) -> torch.device:
+    """The torch device for config value `name` (the one device picker of every component);
+    under DDP on CUDA, the rank's own GPU. `auto` takes the first available of `auto`, else
+    the CPU; a device that is not there is a `ConfigError` naming `key`.
 
     >>> select_device("cpu")
     device(type='cpu')
     """
+    available: dict[str, Callable[[], bool]] = {
+        "cuda": torch.cuda.is_available,
+        "mps": torch.backends.mps.is_available,
+    }
     if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device", name, "an available device (CUDA is not available)")
-        return torch.device("cuda", local_rank)
-    if name == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError("device", name, "an available device (MPS is not available)")
-        return torch.device("mps")
+        name = next((d for d in auto if available[d]()), "cpu")
+    if name in available:
+        if not available[name]():
+            upper = name.upper()
+            raise ConfigError(key, name, f"an available device ({upper} is not available)")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise ConfigError("device", name, "one of auto|cpu|cuda|mps")
+    raise ConfigError(key, name, "one of auto|cpu|cuda|mps")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -80,11 +80,11 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -191,17 +191,18 @@ class _Run:
         rng.seed_all(config.seed + env.rank)
         self.model = task.model().to(device)
         if use_channels_last(config.channels_last, device, self.model):
-            self.model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at runtime; torch's overloads of `to` leave it out
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.grouped = hasattr(task, "param_groups")
         self.groups = (
-            check_groups(task.param_groups(self.model), self.model)  # type: ignore[attr-defined]
-            if self.grouped
+            check_groups(task.param_groups(self.model), self.model)
+            if hasattr(task, "param_groups")  # = self.grouped, spelled so that mypy narrows task
             else default_groups(self.model)
         )
         self.optimizer = adamw(self.groups, config)
         self.schedule = LrSchedule(self.optimizer, config)
         plan = BatchPlan(
-            len(task.train_data),
+            _size(task.train_data),
             config.batch_size,
             config.grad_accum,
             env.world_size,
@@ -212,7 +213,8 @@ class _Run:
         self.batches = Batches(
             task.train_data, plan, self.collate, config.num_workers, device.type == "cuda"
         )
-        self.step, self.metrics, self.lr = 0, {}, math.nan
+        self.step, self.lr = 0, math.nan
+        self.metrics: dict[str, float] = {}
         self.reports: list[tuple[int, dict[str, float]]] = []  # (step, report) so far
         self.sums: dict[str, Tensor] = {}  # train metrics since the last report
         self.counts: dict[str, int] = {}  # steps that reported each of them
@@ -297,7 +299,8 @@ class _Run:
         for i, batch in enumerate(micro):
             # Gradients are all-reduced once per step, on the last micro-batch.
             skip_sync = self.env.enabled and not self.grouped and i < len(micro) - 1
-            with self.net.no_sync() if skip_sync else nullcontext():
+            # skip_sync: self.net is the DDP wrapper
+            with cast(DistributedDataParallel, self.net).no_sync() if skip_sync else nullcontext():
                 with self._autocast():
                     loss, metrics = self._loss(self.net, _to_device(batch, self.device))
                 targets = self._targets(loss, started)
@@ -319,7 +322,8 @@ class _Run:
 
     def _loss(self, model: nn.Module, batch: Any) -> tuple[Loss, Mapping[str, float | Tensor]]:
         if self.loss_takes_step:
-            return self.task.loss(model, batch, step=self.step)
+            loss: Callable[..., tuple[Loss, Mapping[str, float | Tensor]]] = self.task.loss
+            return loss(model, batch, step=self.step)
         return self.task.loss(model, batch)
 
     def _targets(self, loss: Loss, started: set[str]) -> list[_Target]:
@@ -373,7 +377,8 @@ class _Run:
 
     def _evaluate(self, model: nn.Module, prefix: str) -> dict[str, float]:
         """Sample-weighted means of the loss and task metrics over this rank's val shard."""
-        data, env = self.task.val_data, self.env
+        # val_data: optional, so not in the Task protocol
+        data, env = getattr(self.task, "val_data"), self.env  # noqa: B009
         if len(data) < env.world_size:  # every rank needs a shard to join the all-reduce
             raise ValueError(f"val_data has {len(data)} samples, fewer than {env.world_size} ranks")
         per_rank = max(
@@ -434,7 +439,7 @@ class _Run:
                 "ema": self.ema.state_dict() if self.ema else None,
                 "rng": states,
                 "config": to_dict(self.config),
-                "data_size": len(self.task.train_data),
+                "data_size": _size(self.task.train_data),
                 "reports": [[step, report] for step, report in self.reports],
             }
             checkpoint.save(checkpoint.path_for(self.checkpoint_dir, self.step), state)
@@ -448,7 +453,7 @@ class _Run:
             return None
         state = checkpoint.load(path)
         checkpoint.check_model(path, state["model"], self.model.state_dict())
-        saved_config, size = state["config"], len(self.task.train_data)
+        saved_config, size = state["config"], _size(self.task.train_data)
         if saved_config["batch_size"] != self.config.batch_size:
             raise checkpoint.CheckpointError(
                 f"{path}: batch_size {saved_config['batch_size']} in the checkpoint, "
@@ -511,6 +516,11 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(value, device) for value in batch)
     return batch
+
+
+def _size(data: Dataset) -> int:
+    """len() of a map-style data set (torch's `Dataset` does not declare `__len__`)."""
+    return len(cast(Sized, data))
 
 
 def _takes_step(loss: Callable) -> bool:

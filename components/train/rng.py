@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,10 @@ def seed_all(seed: int) -> None:
 def capture() -> dict[str, Any]:
     version, words, gauss = random.getstate()
     assert version == 3, f"unexpected Python RNG state version {version}"
-    _, keys, pos, has_gauss, np_gauss = np.random.get_state()
+    # The legacy tuple (numpy's default, legacy=True); numpy's stubs type the call without
+    # arguments as the legacy=False dict.
+    MT19937State = tuple[str, np.ndarray, int, int, float]
+    _, keys, pos, has_gauss, np_gauss = cast(MT19937State, np.random.get_state())
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {
         "python": torch.tensor(words, dtype=torch.int64),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -317,3 +318,46 @@ def test_an_unwritable_output_directory_fails_before_the_work(project, experimen
     assert "metrics: cannot write outputs there" in last, res.stderr
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert client.get_experiment_by_name(experiment) is None  # failed before any tracking
+
+
+def test_runtime_knobs_rerun_nothing_and_keep_the_work_dir(project, experiment):
+    """`runtime.<stage>` knobs reach the component but not the stage's identity: `loom run`
+    and `dvc repro` re-run nothing, and a killed run's work dir is still the one resumed."""
+    from components.config import identity
+    from flows import project as project_module
+    from flows import stage_runner
+    from tests.conftest import dvc
+
+    def key() -> tuple[Path, Any]:
+        spec, _, config = stage_runner.prepare(project, "word2vec@small")
+        deps = project_module.digests(project, spec.deps)
+        return stage_runner.work_dir(project, spec.name, identity(config), deps), config
+
+    before, _ = key()
+    knobs = ["runtime.word2vec.workers=1", "runtime.word2vec.compile=never"]
+    res = loom(project, "run", *(a for k in knobs for a in ("-S", k)), "word2vec@small")
+    assert res.returncode == 0, res.stdout + res.stderr
+    (row,) = [line for line in res.stdout.splitlines() if line.startswith("word2vec@small ")]
+    assert row.split()[1] == "skipped", res.stdout
+    after, config = key()
+    assert (config.workers, config.compile) == (1, "never")  # the component sees them
+    assert after == before
+    assert "up to date" in dvc(project, "status").stdout
+    assert "didn't change" in dvc(project, "repro", "word2vec@small").stdout
+
+
+def test_a_runtime_knob_in_the_stage_section_is_refused(project, experiment):
+    edit_params(project, lambda p: p["word2vec"].update(device="cpu"))
+    fails(project, "word2vec@small", "word2vec.device is a runtime knob", "runtime.word2vec.device")
+
+    def unknown_knob(p: dict) -> None:
+        del p["word2vec"]["device"]
+        p["runtime"]["word2vec"]["dim"] = 8
+
+    edit_params(project, unknown_knob)
+    fails(project, "word2vec@small", "runtime.word2vec.dim", "not a runtime knob", "'workers'")
+
+
+def test_nproc_needs_a_distributed_component(project, experiment):
+    edit_params(project, lambda p: p["runtime"]["word2vec"].update(nproc=2))
+    fails(project, "word2vec@small", "runtime.word2vec.nproc = 2", "runs on one process only")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.inputs import open_parquet, parquet_batches
-from components.stage import Dataset, Stage, StageInputError, StageIO, StageResult
+from components.stage import Dataset, Output, Stage, StageInputError, StageIO, StageResult
 from components.text.bpe.config import BpeStageConfig
 from components.text.bpe.tokenizer import BpeTokenizer
 from components.text.bpe.trainer import train_bpe
@@ -112,11 +112,13 @@ def _run(config: BpeStageConfig, io: StageIO) -> StageResult:
     datasets = [Dataset("corpus/train", train_path, "train", num_rows=docs)]
     if split == "val":
         datasets.append(Dataset("corpus/val", val_path, "val"))
-    datasets.append(Dataset("tokenizer", out, "output"))
+    datasets.append(Dataset("tokenizer", Output("tokenizer"), "output"))
     return StageResult(
         metrics=metrics,
         curves={"merge_count": _subsample(stats.merge_counts, MAX_CURVE_POINTS)},
-        artifacts=[saved] if saved.stat().st_size <= MAX_ARTIFACT_BYTES else [],
+        artifacts=[Output("tokenizer", saved.name)]
+        if saved.stat().st_size <= MAX_ARTIFACT_BYTES
+        else [],
         datasets=datasets,
     )
 

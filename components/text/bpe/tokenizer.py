@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from functools import cache
 from itertools import chain, pairwise
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import regex
 
@@ -41,6 +41,9 @@ from components import artifact
 from components.inputs import json_type
 from components.stage import StageInputError
 from components.text.bpe.pretokenizer import GPT2_PATTERN, PreTokenizer, special_splitter
+
+if TYPE_CHECKING:  # trainer imports this module
+    from components.text.bpe.trainer import TrainStats
 
 ENDOFTEXT = "<|endoftext|>"
 KIND, VERSION = "bpe", 1  # "loom-bpe" v1: the fields of the former tokenizer.json, unchanged
@@ -88,7 +91,7 @@ class BpeTokenizer:
         self.pattern = pattern
         self._pat = PreTokenizer(pattern)
         self._cache = _PieceCache(self._encode_piece, CACHE_SIZE)
-        self.train_stats = None  # what `trainer.train_bpe` saw (`TrainStats`); not saved
+        self.train_stats: TrainStats | None = None  # what `trainer.train_bpe` saw; not saved
 
     # --- encoding -------------------------------------------------------------------------
 

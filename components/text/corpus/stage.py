@@ -7,7 +7,7 @@ new directory with `train.parquet`, `val.parquet` (doc_id, text) and `report.jso
 
 from __future__ import annotations
 
-from components.stage import Dataset, Stage, StageIO, StageResult
+from components.stage import Dataset, Output, Stage, StageIO, StageResult
 from components.text.corpus.build import SPLITS, build_corpus, resolve_sources
 from components.text.corpus.config import CorpusConfig
 
@@ -17,11 +17,11 @@ def _run(config: CorpusConfig, io: StageIO) -> StageResult:
     paths = resolve_sources(sources, config.include)
     report = build_corpus(paths, out_dir, config, root=sources if sources.is_dir() else None)
     datasets = [
-        Dataset(f"corpus-{split}", out_dir / f"{split}.parquet", split, num_rows=count)
+        Dataset(f"corpus-{split}", Output("corpus", f"{split}.parquet"), split, num_rows=count)
         for split, count in zip(SPLITS, (report.train_documents, report.val_documents), strict=True)
     ]
     return StageResult(
-        metrics=report.metrics(), artifacts=[out_dir / "report.json"], datasets=datasets
+        metrics=report.metrics(), artifacts=[Output("corpus", "report.json")], datasets=datasets
     )
 
 

@@ -10,7 +10,7 @@ loader), not the trainer or its kernels: retraining code changes no evaluation.
 
 from __future__ import annotations
 
-from components.stage import Stage, StageInputError, StageIO, StageResult
+from components.stage import Output, Stage, StageInputError, StageIO, StageResult
 from components.text.embedding_eval.config import EmbeddingEvalConfig
 from components.text.embedding_eval.data import read_analogies, read_word_pairs, resolve_path
 from components.text.embedding_eval.metrics import WordVectors, analogies, word_similarity
@@ -51,7 +51,7 @@ def _run(config: EmbeddingEvalConfig, io: StageIO) -> StageResult:
     table = out / "neighbours.md"
     table.write_text(neighbours_table(rows, "markdown"), encoding="utf-8")
     plot = pca_plot(model, config.plot_words, out / "projection.png")
-    return StageResult(metrics=metrics, artifacts=[plot, table])
+    return StageResult(metrics=metrics, artifacts=[Output("report", p.name) for p in (plot, table)])
 
 
 STAGE = Stage(

@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from io import BytesIO
 from pathlib import Path
+from typing import TextIO
 
 from components.text.stdlib_text.config import KINDS, Kind, StdlibTextConfig
 
@@ -61,7 +62,7 @@ def iter_stdlib_documents(
     unknown = [k for k in kinds if k not in sources]
     if unknown:
         raise ValueError(f"unknown stdlib text kinds {unknown}: expected some of {list(KINDS)}")
-    docs = itertools.chain.from_iterable(sources[k](root) for k in kinds)
+    docs: Iterator[tuple[str, str]] = itertools.chain.from_iterable(sources[k](root) for k in kinds)
     docs = ((doc_id, text) for doc_id, text in docs if len(text) >= MIN_CHARS)
     return itertools.islice(docs, max_docs)
 
@@ -84,20 +85,26 @@ def _docstrings(root: Path) -> Iterator[tuple[str, str]]:
             if not text or not _encodable(text):
                 continue
             doc_id = f"docstrings/{rel}" + (f"::{qualname}" if qualname else "")
-            if doc_id in seen:  # redefinitions (property setters, platform branches)
+            # redefinitions (property setters, platform branches); the module comes first
+            if doc_id in seen and not isinstance(node, ast.Module):
                 doc_id += f"@{node.lineno}"
             seen.add(doc_id)
             yield doc_id, text.strip()
 
 
-def _documented_nodes(node: ast.AST, qualname: str) -> Iterator[tuple[str, ast.AST]]:
+_Def = ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _documented_nodes(
+    node: ast.Module | _Def, qualname: str
+) -> Iterator[tuple[str, ast.Module | _Def]]:
     """Preorder: `(qualname, node)` for `node` and every class/function defined inside it."""
     yield qualname, node
     for child in _defs_in(node):
         yield from _documented_nodes(child, f"{qualname}.{child.name}" if qualname else child.name)
 
 
-def _defs_in(node: ast.AST) -> Iterator[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
+def _defs_in(node: ast.AST) -> Iterator[_Def]:
     """Defs directly in `node`'s scope, including those inside if/try/with/match blocks."""
     for child in ast.iter_child_nodes(node):
         if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -169,7 +176,7 @@ def write_stdlib_text(config: StdlibTextConfig, out_dir: Path) -> dict[str, int]
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {f"{kind}_{unit}": 0 for kind in config.kinds for unit in ("documents", "bytes")}
     with ExitStack() as stack:
-        files = {
+        files: dict[str, TextIO] = {
             kind: stack.enter_context(
                 (out_dir / f"{kind}.jsonl").open("w", encoding="utf-8", newline="\n")
             )

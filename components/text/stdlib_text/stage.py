@@ -6,7 +6,7 @@ Output "raw": a new directory with one `<kind>.jsonl` per kind (lines `{"id": ..
 
 from __future__ import annotations
 
-from components.stage import Stage, StageIO, StageResult
+from components.stage import Output, Stage, StageIO, StageResult
 from components.text.stdlib_text.config import StdlibTextConfig
 from components.text.stdlib_text.documents import write_stdlib_text
 
@@ -14,7 +14,7 @@ from components.text.stdlib_text.documents import write_stdlib_text
 def _run(config: StdlibTextConfig, io: StageIO) -> StageResult:
     out_dir = io.outputs["raw"]
     counts = write_stdlib_text(config, out_dir)
-    return StageResult(metrics=counts, artifacts=[out_dir / "source.json"])
+    return StageResult(metrics=dict(counts), artifacts=[Output("raw", "source.json")])
 
 
 STAGE = Stage(

@@ -12,7 +12,7 @@ Files are written batch by batch, so memory stays bounded by `batch_size` docume
 
 from __future__ import annotations
 
-from components.stage import Dataset, Stage, StageInputError, StageIO, StageResult
+from components.stage import Dataset, Output, Stage, StageInputError, StageIO, StageResult
 from components.text.bpe.tokenizer import ENDOFTEXT, FILENAME, BpeTokenizer
 from components.text.token_ids.config import TokenizeConfig
 from components.text.token_ids.encode import tokenize_file
@@ -44,7 +44,7 @@ def _run(config: TokenizeConfig, io: StageIO) -> StageResult:
         ordinary_tokens += counts.tokens - (counts.docs if eot is not None else 0)
         datasets += [
             Dataset(f"corpus/{split}", src, split, num_rows=counts.docs),
-            Dataset(f"tokens/{split}", dst, "output", num_rows=counts.docs),
+            Dataset(f"tokens/{split}", Output("tokens", dst.name), "output", num_rows=counts.docs),
         ]
     metrics["bytes_per_token"] = text_bytes / max(ordinary_tokens, 1)
     metrics["eot_appended"] = float(eot is not None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ from components.text.word2vec.sgd import (
     row_scales,
 )
 
-_OPTIONS = {
+_OPTIONS: dict[str, Any] = {
     # Inductor unrolls a reduction only up to this many terms; beyond, it vectorises across the
     # reduced axis (the 2r context slots) and gathers each of the D columns separately, ~6x
     # slower. Windows have at most 2 * window slots.

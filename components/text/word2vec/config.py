@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from components.config import require
+from components.config import require, runtime_field
 
 
 @dataclass
@@ -50,14 +50,14 @@ class Word2VecConfig:
     min_alpha_ratio: float = 1e-4
     batch_size: int = 1024
     update_cap: int | None = 32
-    workers: int = 0
+    workers: int = runtime_field(0)
     hogwild: bool = False
     seed: int = 1
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    cuda_graphs: bool = True
-    compile: Literal["auto", "always", "never"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = runtime_field("auto")
+    cuda_graphs: bool = runtime_field(True)
+    compile: Literal["auto", "always", "never"] = runtime_field("auto")
     lowercase: bool = True
-    progress: bool = True
+    progress: bool = runtime_field(True)
 
     def __post_init__(self) -> None:
         require(self.dim >= 1, "dim", self.dim, "an int >= 1")

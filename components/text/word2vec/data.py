@@ -165,13 +165,14 @@ class EncodedCorpus:
             table[np.asarray(provisional)] = np.arange(len(vocab), dtype=np.int32)
         positions = 0
         with open(directory / "ids.i32", "wb") as ids, open(directory / "sent.i32", "wb") as sent:
-            for provisional, numbers in _memmap_chunks(raw_ids, raw_sent, cls.REMAP_CHUNK):
-                coded = table[provisional]
+            for chunk, numbers in _memmap_chunks(raw_ids, raw_sent, cls.REMAP_CHUNK):
+                coded = table[chunk]
                 kept = coded >= 0
                 ids.write(coded[kept].tobytes())
                 sent.write(numbers[kept].tobytes())
                 positions += int(kept.sum())
-        raw_ids.unlink(), raw_sent.unlink()
+        raw_ids.unlink()
+        raw_sent.unlink()
         meta = {
             "format": cls.FORMAT, "positions": positions, "raw_units": n_raw,
             "sentences": n_sentences, "distinct": int((counts > 0).sum()),

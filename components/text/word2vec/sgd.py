@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,7 @@ def skipgram_gradients(
     context: torch.Tensor,
     mask: torch.Tensor,
     negs: torch.Tensor,
-    alpha: float,
+    alpha: torch.Tensor | float,
     scale_in: torch.Tensor,
     scale_out: torch.Tensor,
 ) -> Gradients:
@@ -105,7 +106,7 @@ def cbow_gradients(
     context: torch.Tensor,
     mask: torch.Tensor,
     negs: torch.Tensor,
-    alpha: float,
+    alpha: torch.Tensor | float,
     scale_in: torch.Tensor,
     scale_out: torch.Tensor,
 ) -> Gradients:
@@ -196,7 +197,7 @@ class SgdKernel:
         self.pool.shutdown()
 
     def step(
-        self, batch: Windows, negs: torch.Tensor, alpha: float
+        self, batch: Windows, negs: torch.Tensor, alpha: torch.Tensor | float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One update from `batch` with negatives [B, K] (on the matrices' device); returns
         (summed loss, examples) as 0-dim tensors, so a GPU step never waits for the host."""
@@ -216,7 +217,9 @@ class SgdKernel:
             ]
             grads = [job.result() for job in jobs]
         self._apply(grads)
-        return sum(g.loss for g in grads), sum(g.pairs for g in grads)
+        # tensors: `grads` is not empty
+        loss, pairs = sum(g.loss for g in grads), sum(g.pairs for g in grads)
+        return cast(torch.Tensor, loss), cast(torch.Tensor, pairs)
 
     def _apply(self, grads: list[Gradients]) -> None:
         def apply_in() -> None:
@@ -228,7 +231,8 @@ class SgdKernel:
                 self.w_out.index_add_(0, g.out_rows, g.out_delta)
 
         if len(grads) == 1:
-            apply_in(), apply_out()
+            apply_in()
+            apply_out()
             return
         jobs = [self.pool.submit(apply_in), self.pool.submit(apply_out)]
         for job in jobs:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from components.stage import Dataset, Stage, StageInputError, StageIO, StageResult
+from components.stage import Dataset, Output, Stage, StageInputError, StageIO, StageResult
 from components.text.bpe.tokenizer import BpeTokenizer
 from components.text.word2vec.config import Word2VecConfig
 from components.text.word2vec.sentences import ParquetSentences
@@ -23,7 +23,7 @@ from components.text.word2vec.trainer import EmptyCorpusError, pick_device, trai
 
 
 def _run(config: Word2VecConfig, io: StageIO) -> StageResult:
-    pick_device(config.device, key="word2vec.device")  # before any input is read
+    pick_device(config.device, key="runtime.word2vec.device")  # before any input is read
     if config.unit == "token":
         source, column = io.inputs["tokens"] / "train.parquet", "ids"
         tokenizer = BpeTokenizer.load(io.inputs["tokenizer"])
@@ -34,12 +34,11 @@ def _run(config: Word2VecConfig, io: StageIO) -> StageResult:
     vocab_size = tokenizer.vocab_size if tokenizer is not None else None
     sentences = ParquetSentences(source, column, config.lowercase, vocab_size=vocab_size)
 
-    curve: list[tuple[int, float]] = []
     started = time.perf_counter()
-    try:
+    try:  # the loss curve goes out live (a resumed run first replays the epochs it skips)
         model = train_word2vec(
             sentences, config, tokenizer=tokenizer, work_dir=io.work,
-            on_metrics=lambda step, m: curve.append((step, m["loss"])),
+            on_metrics=lambda step, m: io.log.log_metrics(step, {"loss": m["loss"]}),
         )  # fmt: skip
     except EmptyCorpusError as err:
         raise StageInputError(f"{source}: {err}") from None
@@ -59,8 +58,7 @@ def _run(config: Word2VecConfig, io: StageIO) -> StageResult:
     }
     return StageResult(
         metrics=metrics,
-        curves={"loss": curve},
-        datasets=[Dataset("train", source, "train"), Dataset("model", out, "output")],
+        datasets=[Dataset("train", source, "train"), Dataset("model", Output("model"), "output")],
     )
 
 

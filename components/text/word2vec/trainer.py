@@ -25,7 +25,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from components.config import ConfigError
 from components.text.bpe.tokenizer import BpeTokenizer
 from components.text.word2vec.config import Word2VecConfig
 from components.text.word2vec.data import (
@@ -50,6 +49,7 @@ from components.text.word2vec.graphs import GraphedKernel
 from components.text.word2vec.sgd import SgdKernel
 from components.text.word2vec.vectors import Word2Vec
 from components.text.word2vec.vocabulary import Vocabulary
+from components.train.device import select_device
 
 if TYPE_CHECKING:
     from components.text.word2vec.compiled import CompiledKernel
@@ -73,13 +73,8 @@ class DivergedError(ValueError):
 
 
 def pick_device(name: str, key: str = "device") -> torch.device:
-    """The torch device for config value `name`; `ConfigError` naming `key` for "cuda" on a
-    machine without CUDA."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(key, name, "'auto' or 'cpu': torch sees no CUDA device")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    """`components.train.device.select_device` with word2vec's `auto`: CUDA, else the CPU."""
+    return select_device(name, key=key, auto=("cuda",))
 
 
 def train_word2vec(
@@ -189,14 +184,16 @@ class _Trainer:
             self._report(step, metrics)
         hogwild = self.hogwild
         # Hogwild threads each run whole steps: no batch is split between them.
-        kernel = SgdKernel(w_in, w_out, cfg.mode, self.workers // hogwild, cfg.update_cap)
-        shared = nullcontext()  # what hogwild threads need of the kernel while they run
+        sgd = SgdKernel(w_in, w_out, cfg.mode, self.workers // hogwild, cfg.update_cap)
+        kernel: Kernel = sgd
+        # what hogwild threads need of the kernel while they run
+        shared: AbstractContextManager[None] = nullcontext()
         if self.device.type == "cuda" and cfg.cuda_graphs:
-            kernel = GraphedKernel(kernel, cfg.batch_size, cfg.negative)
+            kernel = GraphedKernel(sgd, cfg.batch_size, cfg.negative)
         elif self.device.type == "cpu" and cfg.compiles():
             from components.text.word2vec.compiled import CompiledKernel  # torch._dynamo: ~1 s
 
-            kernel = CompiledKernel(kernel, cfg.batch_size)
+            kernel = CompiledKernel(sgd, cfg.batch_size)
             if hogwild > 1:  # worker threads should only run kernels: compile every width first
                 shared = kernel.shared(range(2, 2 * cfg.window + 1, 2), cfg.negative)
         threads = torch.get_num_threads()
@@ -277,8 +274,8 @@ class _Trainer:
                 f"{self.corpus.directory}: ids {ids.min()}..{ids.max()} outside the "
                 f"vocabulary of {len(self.vocab)}"
             )
-        ids, sent = (torch.from_numpy(a).to(self.device) for a in (ids, sent))
-        ids_kept, sent_kept = subsample(ids, sent, self.keep, gen)
+        ids_t, sent_t = (torch.from_numpy(a).to(self.device) for a in (ids, sent))
+        ids_kept, sent_kept = subsample(ids_t, sent_t, self.keep, gen)
         n = len(ids_kept)
         chunk_loss = chunk_examples = torch.zeros((), device=self.device)
         seen = 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence, Set
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from components import artifact
-from components.config import ConfigError, build
+from components.config import ConfigError, build, identity
 from components.inputs import json_type, read_json
 from components.stage import StageInputError
 from components.text.bpe.tokenizer import BpeTokenizer, bytes_to_unicode
@@ -128,8 +127,8 @@ class Word2Vec:
         if self.config.unit == "token" and isinstance(word, str) and self.tokenizer is not None:
             text = word.lower() if self.config.lowercase else word
             ids = self.tokenizer.encode_ordinary(" " + text)
-            rows = [self._index.get(i) for i in ids]
-            if ids and None not in rows:
+            rows = [r for r in (self._index.get(i) for i in ids) if r is not None]
+            if ids and len(rows) == len(ids):  # every token known
                 return self.vectors[rows].mean(axis=0)
         return None
 
@@ -189,7 +188,7 @@ class Word2Vec:
         missing = [w for w, v in zip((a, b, c), vecs, strict=True) if v is None]
         if missing:
             raise KeyError(f"not in the vocabulary: {missing}")
-        query = three_cos_add(*unit_rows(np.stack(vecs)))
+        query = three_cos_add(*unit_rows(np.stack([v for v in vecs if v is not None])))
         exclude = self._spellings(a) | self._spellings(b) | self._spellings(c)
         return nearest(*self._unit_vocabulary(), query, k, exclude)
 
@@ -206,7 +205,8 @@ class Word2Vec:
         """Write the artifact (`config.json`: config and loss history; `model.safetensors`:
         "input" and "output" float32 [V, D]), `vocab.json` and, for token units, `tokenizer/`."""
         tensors = {"input": torch.from_numpy(self.vectors), "output": torch.from_numpy(self.output)}
-        fields = {"config": asdict(self.config), "history": self.history}
+        # Runtime knobs (device, threads, ...) are not recorded: the artifact is what was made.
+        fields = {"config": identity(self.config), "history": self.history}
         directory = artifact.save(directory, KIND, VERSION, fields, tensors)
         keys = self.vocab.keys
         vocab = {"unit": self.config.unit, "keys": keys, "counts": self.vocab.counts.tolist()}

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from components import registry
 from components.config import ConfigError, build
-from components.stage import StageInputError, StageIO
+from components.stage import Output, StageInputError, StageIO
 from components.text.bpe.config import BpeStageConfig
 from components.text.bpe.stage import STAGE, _subsample
 from components.text.bpe.tokenizer import ENDOFTEXT, BpeTokenizer
@@ -69,8 +69,8 @@ def test_run_writes_tokenizer_and_exports(corpus, tmp_path, monkeypatch):
     assert [step for step, _ in curve] == list(range(143))
     counts = [count for _, count in curve]
     assert counts == sorted(counts, reverse=True)  # no merge can outnumber an earlier one
-    assert result.artifacts == [out / "config.json"]
-    assert json.loads(result.artifacts[0].read_text())["version"] == 1
+    assert result.artifacts == [Output("tokenizer", "config.json")]
+    assert json.loads((out / "config.json").read_text())["version"] == 1
 
 
 def test_without_val_measures_compression_on_train(tmp_path):

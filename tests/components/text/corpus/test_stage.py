@@ -14,12 +14,13 @@ def test_stage_on_a_directory(tmp_path):
     write(src / "notes.md", "not included")
     config = build(CorpusConfig, {"val_fraction": 0.2}, "corpus")
     out = tmp_path / "corpus"
-    result = STAGE.run(config, StageIO(inputs={"sources": src}, outputs={"corpus": out}))
+    io = StageIO(inputs={"sources": src}, outputs={"corpus": out})
+    result = STAGE.run(config, io)
 
     assert result.metrics["files"] == 2
     assert result.metrics["kept"] == 51
-    assert result.artifacts == [out / "report.json"]
-    assert [(d.name, d.path, d.context) for d in result.datasets] == [
+    assert [io.path(a) for a in result.artifacts] == [out / "report.json"]
+    assert [(d.name, io.path(d.path), d.context) for d in result.datasets] == [
         ("corpus-train", out / "train.parquet", "train"),
         ("corpus-val", out / "val.parquet", "val"),
     ]

@@ -35,7 +35,10 @@ def test_stage_run_with_a_stand_in_model(tmp_path, monkeypatch):
         }
     )
     report = tmp_path / "report"
-    assert result.artifacts == [report / "projection.png", report / "neighbours.md"]
+    assert [io.path(a) for a in result.artifacts] == [
+        report / "projection.png",
+        report / "neighbours.md",
+    ]
     assert (report / "projection.png").read_bytes()[:8] == PNG_MAGIC
     assert "| error | *not in the model* |" in (report / "neighbours.md").read_text()
     assert STAGE.key_metrics[-1] == "analogy_accuracy"

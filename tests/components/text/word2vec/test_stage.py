@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -19,8 +20,8 @@ from gensim.models import KeyedVectors
 from safetensors import safe_open
 
 from components import registry
-from components.config import ConfigError
-from components.stage import StageInputError, StageIO
+from components.config import ConfigError, identity, runtime_keys
+from components.stage import RecordingLogger, StageInputError, StageIO
 from components.text.bpe.tokenizer import ENDOFTEXT, BpeTokenizer
 from components.text.bpe.trainer import train_bpe
 from components.text.word2vec import trainer
@@ -79,6 +80,7 @@ def io_for(tmp_path: Path, tokens: Path, tokenizer: Path, corpus: Path) -> Stage
         inputs={"tokens": tokens, "tokenizer": tokenizer, "corpus": corpus},
         outputs={"model": tmp_path / "out" / "model"},
         work=tmp_path / "work",
+        log=RecordingLogger(),
     )
 
 
@@ -106,7 +108,10 @@ def test_token_stage_writes_model_and_exports(token_inputs, tokenizer_dir):
         "vectors.safetensors",
     }  # fmt: skip
     model = Word2Vec.load(out)
-    assert model.config == cfg and len(model.history) == cfg.epochs
+    # The artifact records what was made, not how it ran (runtime knobs are left out).
+    assert identity(model.config) == identity(cfg) and len(model.history) == cfg.epochs
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert not set(runtime_keys(Word2VecConfig)) & set(saved)
     assert "Ġthe" in model.keys
 
     # the tokenizer saved with the model is the input tokenizer
@@ -131,7 +136,8 @@ def test_token_stage_writes_model_and_exports(token_inputs, tokenizer_dir):
     assert result.metrics["train_seconds"] > 0 and result.metrics["train_units_per_second"] > 0
 
     # one loss point per streamed chunk, at increasing corpus positions, falling overall
-    curve = result.curves["loss"]
+    curve = token_inputs.log.series()["loss"]  # reported live, not in the result
+    assert result.curves == {}
     steps, losses = [s for s, _ in curve], [v for _, v in curve]
     assert len(curve) >= cfg.epochs
     assert steps == sorted(set(steps)) and steps[-1] == cfg.epochs * sum(kept.values())
@@ -229,7 +235,9 @@ def test_device_cuda_without_cuda_fails_before_reading_inputs(tmp_path, monkeypa
     reads = []
     monkeypatch.setattr(ParquetSentences, "__init__", lambda *args: reads.append(args))
     io = io_for(tmp_path, tmp_path / "no-tokens", tmp_path / "no-tokenizer", tmp_path / "none")
-    with pytest.raises(ConfigError, match=r"^word2vec\.device = 'cuda': expected 'auto' or 'cpu'"):
+    with pytest.raises(
+        ConfigError, match=r"^runtime\.word2vec\.device = 'cuda': expected an available"
+    ):
         STAGE.run(config(device="cuda"), io)
     assert reads == []
 
@@ -237,7 +245,8 @@ def test_device_cuda_without_cuda_fails_before_reading_inputs(tmp_path, monkeypa
 def test_resumed_stage_returns_the_whole_loss_curve(token_inputs, tmp_path, monkeypatch):
     """A run interrupted in epoch 3 and rerun returns the uninterrupted run's curve."""
     monkeypatch.setattr(trainer, "CHUNK", 8192)  # several points per epoch
-    fresh = STAGE.run(config(), io_for(tmp_path / "fresh", *token_inputs.inputs.values()))
+    fresh_io = io_for(tmp_path / "fresh", *token_inputs.inputs.values())
+    fresh = STAGE.run(config(), fresh_io)
     epoch = trainer._Trainer._epoch
 
     def interrupted(self, kernel, index, *args):
@@ -249,8 +258,10 @@ def test_resumed_stage_returns_the_whole_loss_curve(token_inputs, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         STAGE.run(config(), token_inputs)
     monkeypatch.setattr(trainer._Trainer, "_epoch", epoch)
-    resumed = STAGE.run(config(), token_inputs)
-    assert len(fresh.curves["loss"]) > 2 * 4 and resumed.curves == fresh.curves
+    rerun = dataclasses.replace(token_inputs, log=RecordingLogger())  # the runner's next run
+    resumed = STAGE.run(config(), rerun)
+    fresh_curve, resumed_curve = fresh_io.log.series(), rerun.log.series()
+    assert len(fresh_curve["loss"]) > 2 * 4 and resumed_curve == fresh_curve
     assert resumed.metrics["final_loss"] == fresh.metrics["final_loss"]
 
 
