@@ -30,7 +30,17 @@ def _imports(root: Path, file: Path) -> set[str]:
     tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
     package = ".".join(file.relative_to(root).with_suffix("").parts[:-1])
     found: set[str] = set()
+    # Imports under `if TYPE_CHECKING:` are for annotations only: not run, not a dependency.
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and _is_type_checking(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -41,6 +51,12 @@ def _imports(root: Path, file: Path) -> set[str]:
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return {m for m in found if m.split(".")[0] in PROJECT_PACKAGES}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _has_code(file: Path) -> bool:

@@ -20,6 +20,25 @@ def test_code_files_follow_imports_transitively(tmp_path):
     ]
 
 
+def test_imports_for_annotations_only_are_not_dependencies(tmp_path):
+    pkg = tmp_path / "components"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('"""doc only."""\n')
+    (pkg / "trainer.py").write_text("from components.model import Model\n")
+    (pkg / "model.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import typing\n"
+        "if TYPE_CHECKING:\n    from components.trainer import Stats\n"
+        "if typing.TYPE_CHECKING:\n    import components.trainer\n"
+        "else:\n    from components import util\n"
+    )
+    (pkg / "util.py").write_text("x = 1\n")
+    assert check.code_files(tmp_path, "components.model") == [
+        "components/model.py",
+        "components/util.py",
+    ]
+
+
 def test_this_repository_passes():
     res = loom(REPO, "check")
     assert res.returncode == 0, res.stderr

@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from components.device import select_device
 from components.text.bpe.tokenizer import BpeTokenizer
 from components.text.word2vec.config import Word2VecConfig
 from components.text.word2vec.data import (
@@ -49,7 +50,6 @@ from components.text.word2vec.graphs import GraphedKernel
 from components.text.word2vec.sgd import SgdKernel
 from components.text.word2vec.vectors import Word2Vec
 from components.text.word2vec.vocabulary import Vocabulary
-from components.train.device import select_device
 
 if TYPE_CHECKING:
     from components.text.word2vec.compiled import CompiledKernel
@@ -73,7 +73,7 @@ class DivergedError(ValueError):
 
 
 def pick_device(name: str, key: str = "device") -> torch.device:
-    """`components.train.device.select_device` with word2vec's `auto`: CUDA, else the CPU."""
+    """`components.device.select_device` with word2vec's `auto`: CUDA, else the CPU."""
     return select_device(name, key=key, auto=("cuda",))
 
 
