@@ -16,12 +16,12 @@ from flows import live
 
 
 @pytest.fixture
-def run_id(experiment) -> str:
+def run_id(experiment, tmp_path) -> str:
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment) or client.get_experiment(
-        client.create_experiment(experiment)
-    )
-    return client.create_run(exp.experiment_id).info.run_id
+    # Artifacts in the test's own directory (the store's default is ./mlruns in the cwd).
+    where = (tmp_path / "artifacts").as_uri()
+    exp_id = client.create_experiment(experiment, artifact_location=where)
+    return client.create_run(exp_id).info.run_id
 
 
 def history(run_id: str, name: str) -> list[tuple[int, float]]:
