@@ -21,10 +21,10 @@ def main(request_path: str, result_path: str) -> int:
 
     request = json.loads(Path(request_path).read_text())
     rank = int(os.environ.get("RANK", "0"))
+    logger = live.for_rank(mlflow.MlflowClient(), request["run_id"])
     try:
         stage = registry.load(request["component"])
         config = build(stage.config, request["config"], where=request["component"])
-        logger = live.for_rank(mlflow.MlflowClient(), request["run_id"])
         io = StageIO(
             inputs={k: Path(v) for k, v in request["inputs"].items()},
             outputs={k: Path(v) for k, v in request["outputs"].items()},
@@ -39,6 +39,8 @@ def main(request_path: str, result_path: str) -> int:
             launch.write_result(Path(result_path), result, series)
         return 0
     except Exception as err:
+        if isinstance(logger, live.StageLog):
+            logger.flush()  # what rank 0 reported before the failure stays in MLflow
         traceback.print_exc()
         error = {"rank": rank, "type": type(err).__name__, "message": str(err)}
         (Path(request["errors"]) / f"error-rank{rank}.json").write_text(json.dumps(error))

@@ -238,9 +238,8 @@ def _tracked_run(
                 result, ranks_series = launch.torchrun(
                     cast(str, spec.component), config, io, nproc, run_id
                 )
-                logger.metrics += [(s, {k: v}) for k, pts in ranks_series.items() for s, v in pts]
             else:
-                result = stage.run(config, io)
+                result, ranks_series = stage.run(config, io), {}
     except Exception as err:
         logger.flush()  # what was reported before the failure stays in MLflow
         full = _disk_full(err, targets)
@@ -253,7 +252,7 @@ def _tracked_run(
     metrics = {k: float(v) for k, v in result.metrics.items()}
     metrics["stage_seconds"] = round(seconds, 3)
     logger.flush()
-    write_reports(root, spec, metrics, {**logger.series(), **result.curves})
+    write_reports(root, spec, metrics, {**logger.series(), **ranks_series, **result.curves})
 
     out_digests = project.digests(root, spec.outs + spec.metrics + spec.plots)
     mlflow.set_tags({f"{tracking.OUT_TAG_PREFIX}{p}": d for p, d in out_digests.items()})
