@@ -132,6 +132,29 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """An output of a stage that is a model, and how to serve it, declared without MLflow.
+
+    role:   the output (a directory) that holds the model.
+    loader: "package.module:function", called with that directory; returns an object whose
+            `predict(inputs)` answers a batch (e.g. a list of strings). The same object serves
+            in a notebook, a test or a model server, so the loader imports no MLflow.
+    requirements: the distributions (pip names) the loader's code imports beyond the project
+            itself, e.g. ("numpy", "torch"). The runner pins them to the versions installed
+            where the model was made, so the logged model's environment is exact without
+            MLflow spending seconds inferring it.
+
+    After a stage succeeds the runner logs each declared model (with the directory as its
+    artifact) and registers it; which stages evaluate it is found from the data (their input
+    is that directory, by DVC md5), not declared.
+    """
+
+    role: str
+    loader: str
+    requirements: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Stage:
     """A component as the pipeline sees it.
 
@@ -144,6 +167,8 @@ class Stage:
     distributed: `run` may run on several processes under torchrun (`runtime.<stage>.nproc`
              in params.yaml): every rank calls it with the same config and IO; the component
              writes its outputs on rank 0 only (the training engine does).
+    models:  the outputs that are models (`ServedModel`): logged and registered after each
+             successful run, so they load by name (`models:/<name>/latest`).
     """
 
     name: str
@@ -154,3 +179,23 @@ class Stage:
     run: Callable[[Any, StageIO], StageResult]
     key_metrics: tuple[str, ...] = ()
     distributed: bool = False
+    models: tuple[ServedModel, ...] = ()
+
+    def __post_init__(self) -> None:
+        """A model must be one of the outputs, loaded by a "module:function" path: checked at
+        import, so a typo fails every run of the component at once, not after training."""
+        for model in self.models:
+            if model.role not in self.outputs:
+                raise ValueError(
+                    f"component {self.name!r}: ServedModel role {model.role!r} is not one of "
+                    f"its outputs {list(self.outputs)}"
+                )
+            module, sep, function = model.loader.partition(":")
+            if not (sep and module and function.isidentifier()):
+                raise ValueError(
+                    f"component {self.name!r}: ServedModel loader {model.loader!r}: expected "
+                    "'package.module:function'"
+                )
+        roles = [m.role for m in self.models]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"component {self.name!r}: two ServedModels for one output: {roles}")

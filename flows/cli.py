@@ -7,10 +7,11 @@ import importlib
 import json
 import os
 import shlex
+import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -23,6 +24,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows import interrupts, project, workspace
 
     root = project.find_root()
+    # What params.yaml alone can judge, before waiting on the workspace lock or starting
+    # anything: a typo in -S or -P fails at once, in one line (the values' types and ranges
+    # are checked against the whole pipeline under the lock, still before any server starts).
+    args.params_file = _check_params_args(root, args.params_file, args.set_param)
     try:
         with interrupts.handled(), workspace.locked(root, args.command_line, wait=args.wait):
             return _run_locked(root, args)
@@ -40,9 +45,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _is_interrupt(err: BaseException) -> bool:
     if isinstance(err, KeyboardInterrupt):
         return True
-    from prefect.exceptions import TerminationSignal  # Prefect's SIGTERM inside a flow
+    # Prefect's SIGTERM inside a flow. Not imported here (3 s): an error raised before
+    # Prefect was loaded, e.g. a rejected -S value, cannot be one of its signals.
+    prefect_exceptions = sys.modules.get("prefect.exceptions")
+    if prefect_exceptions is None:
+        return False
+    return isinstance(err, prefect_exceptions.TerminationSignal)
 
-    return isinstance(err, TerminationSignal)
+
+def _check_params_args(root: Path, params_files: list[Path], overrides: list[str]) -> list[Path]:
+    """`-P` overlays and `-S` overrides checked against params.yaml as it is (each overlay
+    read, every key present, sections kept sections); nothing is written. Returns the overlays
+    as absolute paths: a path is typed relative to the working directory, which need not be
+    the project root that `plan.apply_params` resolves relative paths against."""
+    from flows import params
+
+    overlays = [Path(f).resolve() for f in params_files]
+    for typed in params_files:
+        params.overlay_overrides(root, typed)  # the error names the path as typed
+    params.check_overrides(root, overrides)
+    return overlays
 
 
 def _run_locked(root: Path, args: argparse.Namespace) -> int:
@@ -109,8 +131,17 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     except (compare.CompareError, tracking.TrackingError) as err:
         print(f"loom runs: error: {err}", file=sys.stderr)
         return 1
-    print(compare.format_runs(runs))
+    if args.json:
+        _print_json([compare.run_record(r) for r in runs])
+    elif not runs:
+        print("no stage runs recorded yet")
+    else:
+        compare.show([compare.runs_table(runs)])
     return 0
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
 
 
 def _positive_int(text: str) -> int:
@@ -124,32 +155,68 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _override(text: str) -> str:
+    """argparse type for `run -S`: KEY=VALUE with a value that parses as YAML (a malformed
+    one is a usage error, exit 2, before anything is read); the text itself is kept."""
+    from flows.params import ParamsError, parse_override
+
+    try:
+        parse_override(text)
+    except ParamsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from flows import compare, project, tracking
 
-    root = project.find_root()
     if args.sweep:
         return compare_sweep(args)
+    if args.run_ids and (args.last or args.stage):
+        print(
+            "loom compare: error: give RUN_IDs or --last/--stage, not both (see: loom compare "
+            "--help)",
+            file=sys.stderr,
+        )
+        return 2
+    root = project.find_root()
+    last = args.last or 2
     try:
         if args.run_ids:
-            runs = compare.get_runs(root, args.run_ids)
+            groups = [compare.named(compare.get_runs(root, args.run_ids))]
         else:
-            runs = compare.recent_runs(root, args.last or 2, args.stage)
+            groups = compare.by_stage(compare.recent_runs(root, last, args.stage))
     except (compare.CompareError, tracking.TrackingError) as err:
         print(f"loom compare: error: {err}", file=sys.stderr)
         return 1
-    if len(runs) < 2:
+    found = sum(len(g.runs) for g in groups)
+    if found < 2:
         print(
-            "loom compare: error: need at least two runs (give RUN_IDs or --last N)",
+            f"loom compare: error: need at least two runs, found {found} (give RUN_IDs or "
+            "--last N)",
             file=sys.stderr,
         )
         return 1
-    print(compare.format_compare(runs))
+    if all(len(g.runs) < 2 for g in groups):
+        stages = ", ".join(str(g.stage) for g in groups)
+        print(
+            f"loom compare: error: the last {last} stage runs are of {len(groups)} different "
+            f"stages ({stages}): nothing to compare; give --stage NAME, a larger --last, or "
+            "RUN_IDs",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        _print_json([compare.comparison_record(g) for g in groups])
+    else:
+        compare.show(compare.compare_view(groups, args.diff))
     return 0
 
 
 def compare_sweep(args: argparse.Namespace) -> int:
-    """`loom compare --sweep ID [--metric NAME] [--desc]`."""
+    """`loom compare --sweep ID [--metric NAME] [--desc] [--json]`."""
+    import dataclasses
+
     from flows import compare, project, tracking
 
     points = compare.collect(project.find_root(), args.sweep)
@@ -159,6 +226,9 @@ def compare_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if getattr(args, "json", False):
+        _print_json([{**dataclasses.asdict(p), "ran": sorted(p.ran)} for p in points])
+        return 0
     print(compare.format_points(args.sweep, points, args.metric, getattr(args, "desc", False)))
     return 0
 
@@ -194,35 +264,110 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    completions = {
+        "file": shtab.FILE,
+        "directory": shtab.DIRECTORY,
+        "stage": shtab.cmd(_STAGE_NAMES),
+    }
+    full = parser()
+    for action in _actions(full):
+        kind = getattr(action, _COMPLETE_ATTR, None)
+        if kind is not None:
+            action.complete = completions[kind]  # type: ignore[attr-defined]  # read by shtab
+    print(shtab.complete(full, shell=args.shell))
+    return 0
+
+
+def _actions(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every action of `p` and of its subcommands, depth first."""
+    found = list(p._actions)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _actions(child)
+    return found
+
+
+class LoomParser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error in one line: `loom run: error: argument
+    -S/--set-param: ... (see: loom run --help)`, exit 2. The usage text argparse prints
+    first would push the reason off a small terminal and into every log line's way."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+class _VersionAction(argparse._VersionAction):
+    """`--version`: `loom <version>` from the installed package's metadata, looked up only
+    when asked (every `loom stage` that `dvc repro` runs builds this parser)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("loom")
+        except metadata.PackageNotFoundError:
+            version = "(not installed: no package metadata; pip install -e .)"
+        print(f"loom {version}")  # stdout, as argparse's own --version
+        parser.exit()
+
+
+# Completion of stage names (`loom run <TAB>`): what DVC lists for the project the shell is in.
+_STAGE_NAMES = "dvc stage list --name-only 2>/dev/null"
+_COMPLETE_ATTR = "loom_complete"  # on an action: "file", "directory" or "stage"
+SHELLS = ("bash", "zsh", "tcsh", "fish", "powershell")  # shtab 1.13's SUPPORTED_SHELLS
+
+
+def _completes(action: argparse.Action, kind: str) -> argparse.Action:
+    """Mark what `action`'s value is ("file", "directory", "stage"), for `loom completion`
+    to tell shtab; shtab itself (0.1 s to import) is only imported by that command."""
+    setattr(action, _COMPLETE_ATTR, kind)  # argparse.Action declares no such field
+    return action
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="loom", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = LoomParser(prog="loom", description=__doc__)
+    p.add_argument(
+        "--version", action=_VersionAction, help="print `loom <version>` and exit", version=""
+    )
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do (loom COMMAND --help)"
+    )
 
     s = sub.add_parser("stage", help="run one dvc.yaml stage (what each stage's cmd calls)")
-    s.add_argument("name", help="stage name as in dvc.yaml, e.g. bpe@small")
+    _completes(s.add_argument("name", help="stage name as in dvc.yaml, e.g. bpe@small"), "stage")
     s.set_defaults(func=_cmd_stage)
 
     r = sub.add_parser("run", help="run the pipeline as a Prefect flow over the dvc.yaml DAG")
-    r.add_argument("stages", nargs="*", help="stages or stage groups to run (with their upstream)")
+    stages_help = "stages or stage groups to run (with their upstream); default: all"
+    _completes(r.add_argument("stages", nargs="*", help=stages_help), "stage")
     r.add_argument(
         "-S",
         "--set-param",
         action="append",
         default=[],
+        type=_override,
         metavar="KEY=VALUE",
-        help="set a params.yaml value before running (like `dvc exp run -S`)",
+        help="set an existing params.yaml key before running (like `dvc exp run -S`); the value "
+        "is YAML and is checked against every stage's config first (repeatable)",
     )
-    r.add_argument(
+    overlay = r.add_argument(
         "-P",
         "--params-file",
         action="append",
         default=[],
         type=Path,
         metavar="FILE",
-        help="merge a params overlay (e.g. params.gpu.yaml) first",
+        help="merge a params overlay (e.g. params.gpu.yaml) first; -S applies after (repeatable)",
     )
+    _completes(overlay, "file")
     r.add_argument("--force", action="store_true", help="re-run selected stages even if unchanged")
-    r.add_argument("--jobs", "-j", type=int, default=1, help="stages to run concurrently")
+    r.add_argument(
+        "--jobs", "-j", type=_positive_int, default=1, help="stages to run concurrently (default 1)"
+    )
     r.add_argument(
         "--wait",
         action="store_true",
@@ -235,17 +380,58 @@ def parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_cmd_check)
 
-    rs = sub.add_parser("runs", help="list recent stage runs from MLflow")
-    rs.add_argument("--last", type=_positive_int, default=20, metavar="N")
-    rs.add_argument("--stage")
+    rs = sub.add_parser(
+        "runs",
+        help="list recent stage runs from MLflow, newest first, with their key metrics",
+        description="Recent stage runs (pipeline runs left out), newest first: run id, start, "
+        "stage, status, duration, git commit and the stage's key metrics.",
+    )
+    rs.add_argument(
+        "--last", type=_positive_int, default=20, metavar="N", help="how many (default 20)"
+    )
+    _completes(
+        rs.add_argument(
+            "--stage", help="only this stage (bpe@small) or stage group (bpe: all bpe@...)"
+        ),
+        "stage",
+    )
+    rs.add_argument(
+        "--json", action="store_true", help="print the runs as a JSON list (full ids, all data)"
+    )
     rs.set_defaults(func=_cmd_runs)
 
-    cp = sub.add_parser("compare", help="side-by-side params, metrics and data versions of runs")
-    cp.add_argument("run_ids", nargs="*")
-    cp.add_argument("--last", type=_positive_int, metavar="N")
-    cp.add_argument("--stage")
+    cp = sub.add_parser(
+        "compare",
+        help="side-by-side params, metrics and data versions of runs",
+        description="Runs side by side: params, metrics, DVC data versions and lineage, * "
+        "where they differ. Name runs by id (or a unique prefix of 6+ hex digits, as `loom "
+        "runs` lists them), or take the last N stage runs, one table per stage.",
+    )
+    cp.add_argument(
+        "run_ids",
+        nargs="*",
+        metavar="RUN_ID",
+        help="runs to compare (full id or unique prefix of 6+ hex digits), in this order",
+    )
+    cp.add_argument(
+        "--last",
+        type=_positive_int,
+        metavar="N",
+        help="the last N stage runs, grouped by stage (default 2)",
+    )
+    _completes(
+        cp.add_argument("--stage", help="with --last: only this stage or stage group"),
+        "stage",
+    )
+    cp.add_argument("--diff", action="store_true", help="only the rows where the runs differ")
+    cp.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: a list of {stage, runs, differs} (with --sweep: the grid's points)",
+    )
     cp.add_argument("--sweep", metavar="ID", help="the grid of a sweep, sorted by --metric")
     cp.add_argument("--metric", help="with --sweep: the metric to sort by")
+    cp.add_argument("--desc", action="store_true", help="with --sweep --metric: highest first")
     cp.set_defaults(func=_cmd_compare)
 
     d = sub.add_parser("deploy", help="check server and pools, then deploy prefect.yaml")
@@ -253,7 +439,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_deploy)
 
     pl = sub.add_parser("pull", help="fetch the outputs of a pipeline run (default: newest pushed)")
-    pl.add_argument("stages", nargs="*", help="only these stages' outputs")
+    _completes(pl.add_argument("stages", nargs="*", help="only these stages' outputs"), "stage")
     pl.add_argument("--run", help="MLflow id of the pipeline (parent) run")
     pl.set_defaults(func=_cmd_pull)
 
@@ -262,6 +448,19 @@ def parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("ui", help="print the commands that open the MLflow and Prefect UIs")
     u.set_defaults(func=_cmd_ui)
+
+    cm = sub.add_parser(
+        "completion",
+        help='print a shell completion script (e.g. eval "$(loom completion bash)")',
+        description="Print the completion script for SHELL (commands, options, stage names "
+        "from `dvc stage list`, files for -P).",
+        epilog='bash: add `eval "$(loom completion bash)"` to ~/.bashrc. zsh: `mkdir -p '
+        "~/.zfunc && loom completion zsh > ~/.zfunc/_loom`, and in ~/.zshrc `fpath=(~/.zfunc "
+        "$fpath)` before `autoload -U compinit && compinit`. tcsh: `loom completion tcsh > "
+        "~/.loom.tcsh`, and `source ~/.loom.tcsh` in ~/.tcshrc. Open a new shell after.",
+    )
+    cm.add_argument("shell", choices=SHELLS, help="the shell to complete for")
+    cm.set_defaults(func=_cmd_completion)
     return p
 
 
@@ -278,7 +477,10 @@ def register_sweep(subparsers: Any) -> None:
             "from the committed HEAD plus each point's values; then print the grid's results."
         ),
     )
-    s.add_argument("stages", nargs="*", help="stages or stage groups to run (with their upstream)")
+    stages = s.add_argument(
+        "stages", nargs="*", help="stages or stage groups to run (with their upstream)"
+    )
+    _completes(stages, "stage")
     s.add_argument(
         "-S",
         "--set-param",
@@ -289,7 +491,11 @@ def register_sweep(subparsers: Any) -> None:
         help="values to sweep a params.yaml key over (repeat for more keys: their product)",
     )
     s.add_argument(
-        "-j", "--max-parallel", type=int, default=2, help="points to run at once (default 2)"
+        "-j",
+        "--max-parallel",
+        type=_positive_int,
+        default=2,
+        help="points to run at once (default 2)",
     )
     s.add_argument(
         "--pool",
@@ -352,11 +558,12 @@ def register_services(subparsers: Any) -> None:
     from flows import services
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    state_dir = common.add_argument(
         "--state-dir",
         type=Path,
         help="pid files, logs, databases (default: $LOOM_STATE_DIR or <project>/.loom/services)",
     )
+    _completes(state_dir, "directory")
     p = subparsers.add_parser(
         "services",
         help="start/stop local Prefect and MLflow servers and Prefect workers",
@@ -365,7 +572,9 @@ def register_services(subparsers: Any) -> None:
         f"`status` exits 0 when every recorded service is healthy, {SERVICES_NOT_HEALTHY} "
         "otherwise (also when none is recorded).",
     )
-    sub = p.add_subparsers(dest="action", required=True)
+    sub = p.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="up, down or status"
+    )
 
     u = sub.add_parser(
         "up",
@@ -479,10 +688,8 @@ def _services_status(args: argparse.Namespace, state_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.command_line = shlex.join(["loom", *(sys.argv[1:] if argv is None else argv)])
-    if getattr(args, "jobs", 1) < 1:
-        print("loom run: error: --jobs must be >= 1", file=sys.stderr)
-        return 2
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's (and others') usage analytics: off
     from flows.params import ParamsError
     from flows.project import ProjectError, find_root
 
@@ -502,6 +709,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, ProjectError, ConfigError, UnknownComponentError) as err:
         print(f"loom {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `loom runs --json | head`: the reader is gone, which is no error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again, and exit
+        # as a tool killed by SIGPIPE does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -69,15 +69,77 @@ def section(params: dict[str, Any], key: str) -> Any:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """`"bpe.small.vocab_size=500"` -> ("bpe.small.vocab_size", 500); values parse as YAML."""
+    """`"bpe.small.vocab_size=500"` -> ("bpe.small.vocab_size", 500); values parse as YAML.
+
+    Errors are one line (they end up on a terminal as `loom run: error: ...`): a YAML
+    problem is named with its column in the value, not with PyYAML's multi-line snippet.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"override {text!r}: expected KEY=VALUE, e.g. bpe.small.vocab_size=500")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ParamsError(f"override {text!r}: value is not valid YAML: {err}") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        mark = getattr(err, "problem_mark", None)
+        where = f" at column {mark.column + 1} of the value" if mark else ""
+        raise ParamsError(
+            f"override {text!r}: value is not valid YAML ({problem}{where}); quote it for a "
+            "string, e.g. key='[1'"
+        ) from None
     return key.strip(), value
+
+
+def _brief(value: Any) -> str:
+    """`value` as it reads in an error message: short, one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_key(current: dict[str, Any], key: str, value: Any) -> None:
+    """Raise ParamsError unless setting dotted `key` to `value` in `current` (params.yaml as
+    loaded) is an edit of what is there: the key exists, and a section (a mapping, e.g.
+    `word2vec`) is replaced only by a mapping or null, never by a scalar or a list.
+
+    Adding keys is refused because no stage would read a misspelt one: the run would quietly
+    use the old value. A section replaced by a scalar is refused because every stage reading
+    it expects a mapping of fields; the message names the fields to set instead.
+    """
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = section(current, parent) if parent else current
+    except ParamsError as err:
+        raise ParamsError(f"override {key!r}: {err}") from None
+    if not isinstance(node, dict):
+        raise ParamsError(
+            f"override {key!r}: no such key in {PARAMS_FILE} ({parent} is {_brief(node)}, "
+            "not a section of keys)"
+        )
+    if leaf not in node:
+        where = parent or "the top level"
+        raise ParamsError(
+            f"override {key!r}: no such key in {PARAMS_FILE} ({where} has {sorted(node)})"
+        )
+    old = node[leaf]
+    if isinstance(old, dict) and old and value is not None and not isinstance(value, dict):
+        first = sorted(old)[0]
+        raise ParamsError(
+            f"override {key}={_brief(value)}: {key} is a section of {PARAMS_FILE} with keys "
+            f"{sorted(old)}; set one of them instead, e.g. -S {key}.{first}=..."
+        )
+
+
+def check_overrides(root: Path, overrides: list[str]) -> list[tuple[str, Any]]:
+    """`KEY=VALUE` overrides parsed and checked against `root/params.yaml` as it is (syntax,
+    keys, sections kept sections), without writing anything: what `loom run` can tell from
+    params.yaml alone, before it waits on a lock or starts a server. Whether the values suit
+    the stages (types, ranges) is the pipeline's check (`plan.check_params`)."""
+    parsed = [parse_override(o) for o in overrides]
+    if parsed:
+        current = load(root)
+        for key, value in parsed:
+            check_key(current, key, value)
+    return parsed
 
 
 def overlay_overrides(root: Path, overlay: Path) -> list[str]:
@@ -99,9 +161,15 @@ def overlay_overrides(root: Path, overlay: Path) -> list[str]:
             if isinstance(value, dict) and isinstance(sub, dict) and set(value) <= set(sub):
                 walk(value, sub, full)
             else:
-                found.append(f"{full}={json.dumps(value)}")
+                found.append(f"{full}={json.dumps(value, default=str)}")  # dates: YAML text
 
     walk(data, current, "")
+    for override in found:
+        key, value = parse_override(override)
+        try:
+            check_key(current, key, value)
+        except ParamsError as err:
+            raise ParamsError(f"{overlay}: params overlay (-P): {err}") from None
     return found
 
 
@@ -140,13 +208,7 @@ def apply_overrides(
 
     from flows import atomic
 
-    parsed = [parse_override(o) for o in overrides]
-    current = load(root)
-    for key, _ in parsed:
-        parent, _, leaf = key.rpartition(".")
-        node = section(current, parent) if parent else current
-        if not isinstance(node, dict) or leaf not in node:
-            raise ParamsError(f"override {key!r}: no such key in {PARAMS_FILE}")
+    parsed = check_overrides(root, overrides)
     if not parsed:
         return parsed
     path = Path(root) / PARAMS_FILE

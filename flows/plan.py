@@ -7,14 +7,14 @@ the flow uses the same rule to settle unchanged stages without a task.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.config import build, require
-from flows import params, project, tracking
+from flows import params, project, reports, tracking
 from flows.compare import table
 
 
@@ -56,27 +56,63 @@ def skipped(root: Path, spec: project.StageSpec) -> StageReport:
 
 def read_metrics(root: Path, spec: project.StageSpec) -> dict[str, float]:
     for rel in spec.metrics:
-        try:
-            data = json.loads((root / rel).read_text())
-        except (OSError, ValueError):
-            continue
-        return {k: v for k, v in data.items() if isinstance(v, (int, float))}
+        found = reports.read(root / rel)
+        if found:
+            return found
     return {}
+
+
+def key_metrics(report: StageReport) -> list[str]:
+    """The metrics a summary shows for a stage: the ones its component names as key metrics,
+    else its first three that are not wall-clock figures (a skipped stage names none)."""
+    named = [k for k in report.key_metrics if k in report.metrics]
+    return named or [k for k in report.metrics if not tracking.is_wall_clock(k)][:3]
 
 
 def format_summary(reports: list[StageReport]) -> str:
     """A plain table: stage, status, duration, key metrics, MLflow run id."""
     rows = [["stage", "status", "time", "key metrics", "mlflow run"]]
     for r in reports:
-        keys = [k for k in r.key_metrics if k in r.metrics] or [
-            k for k in r.metrics if not tracking.is_wall_clock(k)
-        ][:3]
+        keys = key_metrics(r)
         shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in keys)
         secs = f"{r.seconds:.1f}s" if r.status == "ran" else "-"
         rows.append(
             [r.stage, r.status, secs, shown or (r.error[:60] if r.error else "-"), r.run_id or "-"]
         )
     return table(rows)
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(
+    reports: list[StageReport], run_url: Callable[[str], str | None], note: str = ""
+) -> str:
+    """The summary table in Markdown (a Prefect artifact of the flow run): stage, status,
+    seconds, key metrics, and the stage's MLflow run, a link when `run_url(run_id)` gives
+    one; `note` (e.g. how to open those links) follows the table."""
+    lines = [
+        "| stage | status | seconds | key metrics | MLflow run |",
+        "|---|---|---:|---|---|",
+    ]
+    for r in reports:
+        shown = ", ".join(f"{k}={r.metrics[k]:.4g}" for k in key_metrics(r))
+        if not shown and r.error:
+            shown = r.error[:200]
+        url = run_url(r.run_id) if r.run_id else None
+        run = f"[{r.run_id}]({url})" if url else (f"`{r.run_id}`" if r.run_id else "-")
+        secs = f"{r.seconds:.1f}" if r.status == "ran" else "-"
+        cells = [f"`{r.stage}`", r.status, secs, _markdown_cell(shown or "-"), run]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = {
+        s: sum(r.status == s for r in reports) for s in ("ran", "skipped", "failed", "not run")
+    }
+    shown_counts = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines += ["", f"{len(reports)} stage(s): {shown_counts or 'none'}."]
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

@@ -8,7 +8,11 @@ leaves it running. Loom starts it itself, with Prefect's own server class and co
 - in its own session, so a terminal's SIGINT reaches `loom run` only, which stops its stages,
   records their end, and stops the server last;
 - under `flows.orphans`, so it dies with `loom run` whatever kills it;
-- with Prefect's analytics off (nothing leaves the machine) and bound to 127.0.0.1.
+- with Prefect's analytics off, the server's (PREFECT_SERVER_ANALYTICS_ENABLED=false) and
+  the client's (DO_NOT_TRACK=1, see below): nothing leaves the machine, and a terminal gets
+  no telemetry notice; bound to 127.0.0.1;
+- announced in one line of Loom's own instead of Prefect's start and stop messages (which
+  point at Prefect's docs for running a server; Loom's way is `loom services up`).
 
 It serves the same database as Prefect's own temporary server (under PREFECT_HOME), so the
 flow-run history is the same either way.
@@ -17,6 +21,7 @@ flow-run history is the same either way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -26,6 +31,22 @@ from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from flows import orphans
+
+# Prefect's client-side telemetry is set up when `prefect` is first imported: on a terminal
+# and a fresh PREFECT_HOME it prints a notice ("Prefect collects anonymous usage data...")
+# into `loom run`'s output, then queues usage events for Prefect's analytics service.
+# `loom run` imports this module before anything imports Prefect, so DO_NOT_TRACK (Prefect's
+# documented opt-out, read at import and at every event) is in place in time; it also
+# reaches the stage processes and the server. A user's own DO_NOT_TRACK is kept.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+# Prefect's own lines around its temporary server; `api()` says it in one line of Loom's.
+_PREFECT_SERVER_MESSAGES = ("Starting temporary server on ", "Stopping temporary server on ")
+
+
+class _QuietServerMessages(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_PREFECT_SERVER_MESSAGES)
 
 
 def _server_class() -> type:
@@ -66,7 +87,7 @@ def _server_class() -> type:
     return GuardedServer
 
 
-def _drain_prefect_clients() -> None:
+def drain_prefect_clients() -> None:
     """Send the logs and events still queued in this process before the server goes."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -106,15 +127,24 @@ def api() -> Iterator[str]:
     previous = SubprocessASGIServer._instances.get(None)
     # Prefect's clients look its temporary server up under this key: let them find ours.
     SubprocessASGIServer._instances[None] = server
+    quiet = _QuietServerMessages()
+    prefect_logger = logging.getLogger("prefect")  # where SubprocessASGIServer logs them
+    prefect_logger.addFilter(quiet)
     try:
+        print(
+            f"loom run: temporary Prefect server on {server.address} for this run (no "
+            "PREFECT_API_URL set; `loom services up` keeps one running)",
+            file=sys.stderr,
+        )
         server.start(timeout=120)
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:
                 yield server.api_url
             finally:
-                _drain_prefect_clients()
+                drain_prefect_clients()
     finally:
         server.stop()
+        prefect_logger.removeFilter(quiet)
         if previous is not None:
             SubprocessASGIServer._instances[None] = previous
         else:

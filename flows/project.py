@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,10 +106,13 @@ def covered(path: str, declared: list[str]) -> bool:
 
 
 def find_root(start: Path | None = None) -> Path:
-    """The DVC root above `start`; without one, $DVC_ROOT (set when DVC launched us) or the
-    nearest parent of the working directory with a `.dvc/`."""
-    if start is None and os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
+    """The DVC project the work happens in: the nearest directory with a `.dvc/` at or above
+    `start` (default: the working directory, where DVC and Loom run a stage's cmd).
+
+    $DVC_ROOT is not trusted for this: `dvc exp run --temp` and `dvc queue` run each experiment
+    in a copy of the repository and set $DVC_ROOT to the *parent* workspace, which a stage
+    must never write to (`workspace_root` is that parent, for the tracking store).
+    """
     here = Path(start or Path.cwd()).resolve()
     for cand in (here, *here.parents):
         if (cand / ".dvc").is_dir():
@@ -116,6 +120,17 @@ def find_root(start: Path | None = None) -> Path:
     raise ProjectError(
         f"{here}: not inside a DVC project (no .dvc/ directory above it); run `dvc init`"
     )
+
+
+def workspace_root(root: Path) -> Path:
+    """The user's workspace for project `root`: `root` itself, except in a DVC experiment
+    run in a temporary copy (`dvc exp run --temp`, `dvc queue start`), where it is the parent
+    workspace DVC names in $DVC_ROOT. Workspace state that must outlive the copy (the embedded
+    MLflow store) lives there."""
+    parent = os.environ.get("DVC_ROOT")
+    if parent and os.environ.get("DVC_EXP_NAME") and (Path(parent) / ".dvc").is_dir():
+        return Path(parent).resolve()
+    return Path(root).resolve()
 
 
 @contextlib.contextmanager
@@ -189,13 +204,27 @@ def stage_named(repo: Repo, name: str) -> DvcStage:
     return found[0]
 
 
-def load_spec(root: Path, name: str) -> StageSpec:
-    """The resolved spec of stage `name` (e.g. "bpe@small"), without its upstream."""
-    with dvc_repo(root) as repo:
-        spec = spec_of(repo, stage_named(repo, name), with_upstream=False)
-        for stage in repo.index.stages:  # a bad key anywhere in params fails every stage
-            check_stage_name(stage.name)
-        return spec
+def load_spec(root: Path, name: str, attempts: int = 5) -> StageSpec:
+    """The resolved spec of stage `name` (e.g. "bpe@small"), without its upstream.
+
+    DVC rewrites dvc.lock in place when `loom run` commits a finished stage; a stage process
+    starting at that moment (`--jobs 2`) may read it half-written. That is retried; a lock
+    file still invalid after a second is reported as DVC reports it.
+    """
+    from dvc.exceptions import DvcException
+
+    for attempt in range(attempts):
+        try:
+            with dvc_repo(root) as repo:
+                spec = spec_of(repo, stage_named(repo, name), with_upstream=False)
+                for stage in repo.index.stages:  # a bad key anywhere in params fails all
+                    check_stage_name(stage.name)
+                return spec
+        except DvcException as err:
+            if attempt == attempts - 1 or "dvc.lock" not in str(err):
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
 
 
 def select(repo: Repo, targets: list[str]) -> list[DvcStage]:
@@ -231,6 +260,46 @@ def locked_stages(root: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return list(data.get("stages") or {})
+
+
+def upstream_params(root: Path, deps: list[str]) -> dict[str, dict[str, Any]]:
+    """The params each upstream stage of `deps` ran with, as dvc.lock records them: stage
+    name -> {key within its params entries: value}, every stage whose outputs `deps` reach
+    (transitively, through the upstream stages' own deps). Stages without params are left out.
+
+    dvc.lock, not params.yaml: it is what made the outputs on disk, and DVC runs a stage only
+    once its upstream is up to date, so the two agree whenever a stage runs.
+    """
+    import yaml
+
+    try:
+        locked = (yaml.safe_load((Path(root) / "dvc.lock").read_text()) or {}).get("stages")
+    except (OSError, yaml.YAMLError):  # none yet, or being rewritten by a sibling: no lineage
+        return {}
+    locked = locked or {}
+    producers: list[tuple[str, str]] = []  # (out path, stage)
+    for name, entry in locked.items():
+        for out in (entry or {}).get("outs") or []:
+            producers.append((str(out.get("path", "")), name))
+
+    found: dict[str, dict[str, Any]] = {}
+    todo, seen = list(deps), set()
+    while todo:
+        path = todo.pop()
+        for out, name in producers:
+            if name in seen or not covered(path, [out]):
+                continue
+            seen.add(name)
+            entry = locked[name] or {}
+            values: dict[str, Any] = {}
+            for entries in (entry.get("params") or {}).values():
+                for key, value in (entries or {}).items():
+                    # `bpe.small: {...}` (a whole section) -> its keys; `train.lr: 0.1` as it is
+                    values.update(value if isinstance(value, dict) else {key: value})
+            if values:
+                found[name] = values
+            todo.extend(str(d.get("path", "")) for d in entry.get("deps") or [])
+    return dict(sorted(found.items()))
 
 
 def commit(root: Path, name: str, order: list[str] | None = None) -> None:
@@ -293,23 +362,50 @@ def _remote(repo: Repo) -> str | None:
 
 def pull(root: Path, targets: list[str]) -> int:
     """Fetch and check out what `targets` (stage names) depend on and produce, from the DVC
-    remote; whatever the remote lacks is left for the stages to make. Returns files fetched."""
+    remote; whatever the remote lacks is left for the stages to make. Returns how many files
+    were fetched (DVC's `repo.pull` returns its checkout's changes with the count:
+    `{"added": [...], ..., "stats": {"fetched": N, "added": ..., ...}}`).
+
+    An output that is not in dvc.lock yet (a fresh clone whose stage never ran) has no hash
+    to check out: DVC warns "No file hash info found for '<path>'. It won't be created." for
+    each (twice in a worker, whose root logger prints them again), and `allow_missing=True`
+    is exactly about those. That warning is dropped while pulling; DVC's others pass.
+    """
     from dvc.exceptions import CheckoutError
 
-    with dvc_repo(root) as repo:
-        try:  # repo.pull takes DVC's repo lock itself
-            return repo.pull(
-                targets=targets or None,
-                with_deps=True,
-                allow_missing=True,
-                remote=_remote(repo),
-            )
-        except CheckoutError:  # outputs never pushed yet: the stages will make them
-            return 0
+    no_hash_yet = "No file hash info found for '%s'. It won't be created."  # dvc_data's text
+
+    class NotLockedYet(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.msg != no_hash_yet
+
+    quiet = NotLockedYet()
+    checkout_loggers = [
+        logging.getLogger(name)
+        for name in ("dvc_data.index.checkout", "dvc_data.hashfile.checkout")
+    ]
+    for logger in checkout_loggers:
+        logger.addFilter(quiet)
+    try:
+        with dvc_repo(root) as repo:
+            try:  # repo.pull takes DVC's repo lock itself
+                result = repo.pull(
+                    targets=targets or None,
+                    with_deps=True,
+                    allow_missing=True,
+                    remote=_remote(repo),
+                )
+            except CheckoutError as err:  # DVC puts the fetch count in the error's result too
+                result = err.result
+    finally:
+        for logger in checkout_loggers:
+            logger.removeFilter(quiet)
+    return int(result["stats"]["fetched"])
 
 
 def push(root: Path, targets: list[str]) -> int:
-    """Upload the committed outputs of `targets` to the DVC remote. Only committed (cached)
-    outputs exist to push, so nothing half-written can leave the machine."""
+    """Upload the committed outputs of `targets` to the DVC remote; returns how many files
+    were uploaded (DVC's `repo.push` count: 0 when the remote has them all already). Only
+    committed (cached) outputs exist to push, so nothing half-written can leave the machine."""
     with dvc_repo(root) as repo:
         return repo.push(targets=targets or None, with_deps=True, remote=_remote(repo))

@@ -24,7 +24,17 @@ from typing import Any, cast
 from components import registry
 from components.config import build, identity, runtime_keys, to_dict
 from components.stage import Dataset, Stage, StageInputError, StageIO
-from flows import atomic, interrupts, launch, live, params, project, tracking, workspace
+from flows import (
+    atomic,
+    interrupts,
+    launch,
+    live,
+    params,
+    project,
+    reports,
+    tracking,
+    workspace,
+)
 
 RUN_INFO_ENV = "LOOM_RUN_INFO"  # where `loom run` asks the stage to leave its run id + metrics
 WORK_DIR_ENV = "LOOM_WORK_DIR"  # stable base directory for stages' resumable work dirs
@@ -74,12 +84,16 @@ def prepare(
     section = _with_runtime(all_params, spec, stage, section)
     config = build(stage.config, section, where=f"{params.PARAMS_FILE}: {spec.config_key}")
     launch_processes(all_params, spec, stage)
+    _system_metrics(all_params, spec)  # checked with the rest, before any work
     bind(spec, stage)
     return spec, stage, config
 
 
 RUNTIME_SECTION = "runtime"  # params.yaml: runtime.<stage> = that stage's runtime knobs
-LAUNCH_KNOBS = {"nproc": "processes to launch the stage on, under torchrun (default 1)"}
+LAUNCH_KNOBS = {
+    "nproc": "processes to launch the stage on, under torchrun (default 1)",
+    "system_metrics": "MLflow samples CPU, memory, disk, network (and GPU) while it runs",
+}
 
 
 def runtime_name(stage: str) -> str:
@@ -114,6 +128,17 @@ def launch_processes(all_params: dict, spec: project.StageSpec, stage: Stage) ->
     return nproc
 
 
+def _system_metrics(all_params: dict, spec: project.StageSpec) -> bool:
+    """`runtime.<stage>.system_metrics` (default false): MLflow's system metrics monitor runs
+    beside the stage (`system/...` metrics every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s,
+    10 by default; GPU ones when `nvidia-ml-py` is installed). On in params.gpu.yaml."""
+    value = runtime_knobs(all_params, spec.name).get("system_metrics", False)
+    if not isinstance(value, bool):
+        key = f"{RUNTIME_SECTION}.{runtime_name(spec.name)}.system_metrics"
+        raise params.ParamsError(f"{params.PARAMS_FILE}: {key} = {value!r}: expected true or false")
+    return value
+
+
 def _dotted(data: dict, prefix: str = "") -> dict[str, Any]:
     """{"train": {"compile": "auto"}} -> {"train.compile": "auto"} (values as they are)."""
     out: dict[str, Any] = {}
@@ -132,6 +157,11 @@ def _with_runtime(all_params: dict, spec: project.StageSpec, stage: Stage, secti
     launch knobs (`nproc`) are the runner's, for every component stage."""
     knobs = runtime_keys(stage.config)
     base = runtime_name(spec.name)
+    if section is not None and not isinstance(section, dict):
+        raise params.ParamsError(
+            f"{params.PARAMS_FILE}: {spec.config_key} = {section!r}: expected a mapping of "
+            f"the config keys of component {stage.name!r}"
+        )
     flat = _dotted(section) if isinstance(section, dict) else {}
     for key in knobs:
         if key in flat:
@@ -171,23 +201,34 @@ def run_stage(root: Path, name: str) -> Outcome:
     if not os.environ.get(tracking.PARENT_RUN_ENV):  # a `loom run` sweeps once for its stages
         tracking.end_stale_runs(experiment_id)
 
+    flow_run_id = os.environ.get(tracking.FLOW_RUN_ENV) or None
     tags = {
         tracking.STAGE_TAG: name,
         tracking.COMPONENT_TAG: stage.name,
         tracking.COMPONENT_VERSION_TAG: stage.version,
         tracking.CMD_TAG: spec.cmd,
-        **tracking.lineage_tags(root, os.environ.get(tracking.FLOW_RUN_ENV) or None),
+        tracking.KEY_METRICS_TAG: json.dumps(list(stage.key_metrics)),
+        **tracking.lineage_tags(root, flow_run_id, source=f"loom stage {name}"),
     }
     known = project.digests(root, spec.deps)  # DVC md5 by path: tags and datasets share it
     tags.update({f"{tracking.DEP_TAG_PREFIX}{p}": d for p, d in known.items()})
+    tags.update(tracking.dvc_experiment_tags())
     tags.update(tracking.extra_tags())
     parent = os.environ.get(tracking.PARENT_RUN_ENV) or None
+    exp_parent = None  # `dvc exp run` (no `loom run` above): one parent run per experiment
+    if parent is None and tracking.dvc_experiment():
+        parent = exp_parent = tracking.experiment_parent_run(root, experiment_id)
     resolved = to_dict(config)
+    system_metrics = _system_metrics(params.load(root), spec)
 
     with (
         claim_work_dir(work_dir(root, name, identity(config), known), f"loom stage {name}") as work,
         mlflow.start_run(
-            experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags=tags
+            experiment_id=experiment_id,
+            run_name=name,
+            parent_run_id=parent,
+            tags=tags,
+            log_system_metrics=True if system_metrics else None,  # None: MLflow's env var
         ) as run,
     ):
         run_id = run.info.run_id
@@ -196,7 +237,12 @@ def run_stage(root: Path, name: str) -> Outcome:
         except interrupts.Interrupted as stop:
             mlflow.set_tag(tracking.ERROR_TAG, f"interrupted by {stop.name}")
             mlflow.end_run("KILLED")
+            tracking.end_experiment_parent_run(exp_parent, "KILLED")
             raise
+        except BaseException:
+            tracking.end_experiment_parent_run(exp_parent, "FAILED")
+            raise
+    tracking.end_experiment_parent_run(exp_parent, "FINISHED")
 
     outcome = Outcome(run_id, metrics, metrics["stage_seconds"], list(stage.key_metrics))
     if os.environ.get(RUN_INFO_ENV):
@@ -223,6 +269,14 @@ def _tracked_run(
     started = time.time()
     _link_resumed_run(work, run_id, spec.name, identity(config))
     mlflow.log_params(tracking.flatten(resolved))
+    # What every upstream output was made with, so the compare view of evaluation runs alone
+    # answers "which vocab_size won?" (from dvc.lock: the params each upstream stage ran with).
+    upstream = project.upstream_params(root, spec.deps)
+    for stage_name, values in upstream.items():
+        prefix = f"{tracking.UPSTREAM_PARAM_PREFIX}{runtime_name(stage_name)}"
+        mlflow.log_params(tracking.flatten(values, prefix))
+    if upstream:
+        mlflow.set_tag(tracking.UPSTREAM_TAG, json.dumps(sorted(upstream)))
     mlflow.log_dict(resolved, "config.json")
     for role, path in inputs.items():
         _log_dataset(root, role, path, "input", known)
@@ -257,17 +311,25 @@ def _tracked_run(
     out_digests = project.digests(root, spec.outs + spec.metrics + spec.plots)
     mlflow.set_tags({f"{tracking.OUT_TAG_PREFIX}{p}": d for p, d in out_digests.items()})
     known.update(out_digests)
-    mlflow.log_metrics(metrics)
+    from flows import models  # the models this stage evaluated (here), those it made (below)
+
+    for model_id in models.link_evaluated(spec, stage, known):
+        mlflow.log_metrics(metrics, model_id=model_id)
     tracking.log_curves(client, run_id, result.curves)
     final = StageIO(inputs=inputs, outputs=targets)  # where the outputs are now
-    reports = [root / m for m in spec.metrics + spec.plots]
-    for path in [*reports, *map(final.path, result.artifacts)]:
+    # Under their DVC directories (metrics/, plots/): a stage's metrics and plots files share
+    # a name (bpe_small.json), and one must not overwrite the other as an artifact.
+    for rel in spec.metrics + spec.plots:
+        if (root / rel).is_file():
+            mlflow.log_artifact(str(root / rel), os.path.dirname(rel) or None)
+    for path in map(final.path, result.artifacts):
         if path.is_file():
             mlflow.log_artifact(str(path))
     for role, path in targets.items():
         _log_dataset(root, role, path, "output", known)
     for ds in result.datasets:
         _log_dataset(root, ds.name, final.path(ds.path), ds.context, known, ds)
+    models.log_models(root, spec, stage, known)  # a failure fails the stage
 
     return metrics
 
@@ -429,7 +491,9 @@ def _log_dataset(
     digest = known.get(rel, "")
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
         warnings.simplefilter("ignore")
-        source = resolve_dataset_source(str(path.resolve()))
+        # Repository-relative: the same data has the same source on every machine (the digest
+        # says which version; `dvc pull` fetches it by that from the remote).
+        source = resolve_dataset_source(rel)
     # MetaDataset leaves mlflow's Dataset.profile abstract, but Dataset is no ABC: it builds
     dataset = MetaDataset(source=source, name=name, digest=digest[:36] or None)  # type: ignore[abstract]
     tags = {"dvc.md5": digest, "path": rel}
@@ -449,15 +513,16 @@ def write_reports(
     Wall-clock metrics (`tracking.is_wall_clock`) go to MLflow only: the DVC metrics file is
     a versioned output, and the same inputs must give the same bytes (and the same dvc.lock).
     """
-    metrics = {k: v for k, v in metrics.items() if not tracking.is_wall_clock(k)}
+    kept = {k: v for k, v in metrics.items() if not tracking.is_wall_clock(k)}
+    document = reports.nested(spec.name, kept)  # {"bpe": {...}}: see flows/reports.py
     for rel in spec.metrics:
         target = root / rel
         if target.suffix in (".yaml", ".yml"):
             import yaml
 
-            atomic.write_text(target, yaml.safe_dump(metrics, sort_keys=True))
+            atomic.write_text(target, yaml.safe_dump(document, sort_keys=True))
         else:
-            atomic.write_json(target, metrics)
+            atomic.write_json(target, document)
     for rel in spec.plots:
         rows: dict[int, dict[str, float]] = {}
         for curve, series in curves.items():

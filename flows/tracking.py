@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from flows import git
+from flows import git, project
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment
@@ -41,6 +41,7 @@ PIPELINE_TAG = "loom.pipeline"  # "true"
 COMPONENT_TAG = "loom.component"  # registry name
 COMPONENT_VERSION_TAG = "loom.component_version"
 CMD_TAG = "loom.cmd"
+KEY_METRICS_TAG = "loom.key_metrics"  # JSON list: the few metrics summaries show for the stage
 ERROR_TAG = "loom.error"  # why a run failed or was killed
 RESUMED_FROM_TAG = "loom.resumed_from"  # the killed run whose checkpoints this one resumed
 DVC_PUSHED_TAG = "loom.dvc_pushed"  # pipeline runs asked to push: "true" once all was pushed
@@ -52,6 +53,16 @@ CUDA_DEVICES_TAG = "loom.cuda_visible_devices"
 PID_TAG = "loom.pid"
 NPROC_TAG = "loom.nproc"  # a stage launched on several processes (torchrun): how many
 FLOW_RUN_TAG = "prefect.flow_run_id"
+# MLflow's own source tags (its UI's "Source", "User" and git columns).
+SOURCE_NAME_TAG, SOURCE_TYPE_TAG = "mlflow.source.name", "mlflow.source.type"
+SOURCE_COMMIT_TAG, SOURCE_REPO_TAG = "mlflow.source.git.commit", "mlflow.source.git.repoURL"
+USER_TAG = "mlflow.user"
+# A `dvc exp run` experiment's runs (its parent run and its stages): the name DVC gave it and
+# the commit it branches from (`DVC_EXP_NAME`, `DVC_EXP_BASELINE_REV` in a stage's env).
+DVC_EXP_TAG, DVC_EXP_BASELINE_TAG = "dvc.exp_name", "dvc.exp_baseline_rev"
+# Upstream lineage of a stage run: params `upstream.<stage group>.<key>` say what every
+# upstream output was made with; the tag lists those upstream stages (JSON).
+UPSTREAM_PARAM_PREFIX, UPSTREAM_TAG = "upstream.", "loom.upstream"
 # A sweep point's runs (pipeline and stages): the sweep, the point's index, the point as JSON.
 SWEEP_ID_TAG = "loom.sweep_id"
 SWEEP_INDEX_TAG = "loom.sweep_index"
@@ -68,14 +79,18 @@ class TrackingError(RuntimeError):
 
 
 def tracking_uri(root: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else the embedded SQLite store under the workspace's `mlflow/`
+    (the parent workspace's for a DVC experiment run in a temporary copy: its runs must
+    outlive the copy)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{(Path(root) / 'mlflow' / 'mlflow.db').resolve()}"
+    store = project.workspace_root(root) / "mlflow" / "mlflow.db"
+    return f"sqlite:///{store.resolve()}"
 
 
 def artifact_root(root: Path) -> str:
-    return (Path(root) / "mlflow" / "artifacts").resolve().as_uri()
+    return (project.workspace_root(root) / "mlflow" / "artifacts").resolve().as_uri()
 
 
 # `scheme://userinfo@`: the netloc runs to the first / ? #, userinfo to its last @ (as urlsplit).
@@ -174,15 +189,20 @@ def setup(root: Path) -> str:
         return cast("Experiment", client.get_experiment_by_name(name)).experiment_id
 
 
-def lineage_tags(root: Path, flow_run_id: str | None) -> dict[str, str]:
+def lineage_tags(root: Path, flow_run_id: str | None, source: str = "loom run") -> dict[str, str]:
     """The tags every run Loom starts carries, stage run or pipeline run: the git commit of
-    `root` and its dirty flag, the host, Python and device, this process (a later
+    `root` and its dirty flag (Loom's and MLflow's own source tags: `source` is the command,
+    e.g. "loom stage bpe@small"), the user, host, Python and device, this process (a later
     `end_stale_runs` ends the run when that process is gone) and, unless `flow_run_id` is
     None, the Prefect flow run."""
     code = git.checkout(root)
     tags = {
         GIT_COMMIT_TAG: code.commit,
         GIT_DIRTY_TAG: str(code.dirty).lower(),
+        SOURCE_NAME_TAG: source,
+        SOURCE_TYPE_TAG: "LOCAL",
+        SOURCE_COMMIT_TAG: code.commit,
+        USER_TAG: _user(),
         HOST_TAG: socket.gethostname(),
         PYTHON_TAG: platform.python_version(),
         DEVICE_TAG: _device(),
@@ -193,6 +213,107 @@ def lineage_tags(root: Path, flow_run_id: str | None) -> dict[str, str]:
     if flow_run_id is not None:
         tags[FLOW_RUN_TAG] = flow_run_id
     return tags
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (a container)
+        return "unknown"
+
+
+def dvc_experiment() -> str | None:
+    """The name of the `dvc exp run` experiment this process runs a stage of, or None."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    name = dvc_experiment()
+    if name is None:
+        return {}
+    tags = {DVC_EXP_TAG: name}
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags[DVC_EXP_BASELINE_TAG] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+PARAMS_PREFIX = "params"  # a pipeline run's param for params.yaml key a.b is params.a.b
+_MLFLOW_PARAM_CHARS = 6000  # MLflow's MAX_PARAM_VAL_LENGTH
+_MLFLOW_PARAMS_PER_BATCH = 100  # MLflow's MAX_PARAMS_TAGS_PER_BATCH
+
+
+def _without_secrets(data: Any, prefix: str = "") -> Any:
+    """`data` less the keys `flatten` drops as secrets (the same rule, asked of it)."""
+    if not isinstance(data, dict):
+        return data
+    kept = {}
+    for key, value in data.items():
+        if flatten({key: 0}, prefix):  # {} when prefix.key names a secret
+            kept[key] = _without_secrets(value, f"{prefix}.{key}" if prefix else str(key))
+    return kept
+
+
+def log_params_file(client: Any, run_id: str, root: Path) -> None:
+    """params.yaml of `root` as the stages run with it (overlays and -S overrides applied
+    before the first stage starts) on a pipeline run: each value as param `params.<dotted
+    key>` (secrets dropped, as on stage runs), the file as artifact `params.yaml` (as it is;
+    rewritten without its secret-looking keys when it has any)."""
+    import yaml
+    from mlflow.entities import Param
+
+    path = Path(root) / "params.yaml"
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    flat = flatten(data, PARAMS_PREFIX)
+    entries = [Param(k, v[:_MLFLOW_PARAM_CHARS]) for k, v in flat.items()]
+    for i in range(0, len(entries), _MLFLOW_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=entries[i : i + _MLFLOW_PARAMS_PER_BATCH])
+    public = _without_secrets(data)
+    if public != data:
+        text = "# params.yaml, less its secret-looking keys (not logged)\n" + yaml.safe_dump(
+            public, sort_keys=False
+        )
+    client.log_text(run_id, text, "params.yaml")
+
+
+def experiment_parent_run(root: Path, experiment_id: str) -> str:
+    """The parent run of this `dvc exp run` experiment (DVC runs its stages one process each,
+    in order): found by the experiment's name and baseline, or made by the first stage, with
+    the experiment's params.yaml. It is RUNNING while one of its stages runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = dvc_experiment_tags()
+    query = " and ".join(
+        [f"tags.`{PIPELINE_TAG}` = 'true'"]
+        + [f"tags.`{k}` = '{v.replace(chr(39), '')}'" for k, v in tags.items()]
+    )
+    found = client.search_runs([experiment_id], query, max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    lineage = lineage_tags(root, None, source=f"dvc exp run ({tags[DVC_EXP_TAG]})")
+    lineage.pop(PID_TAG)  # outlives this process: stale-run sweeping must leave it alone
+    run = client.create_run(
+        experiment_id,
+        run_name=f"dvc exp {tags[DVC_EXP_TAG]}",
+        tags={PIPELINE_TAG: "true", **lineage, **tags, **extra_tags()},
+    )
+    log_params_file(client, run.info.run_id, root)
+    return run.info.run_id
+
+
+def end_experiment_parent_run(run_id: str | None, status: str) -> None:
+    """After each stage: the experiment's parent run ends as its latest stage did."""
+    if run_id is None:
+        return
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 def _device() -> str:

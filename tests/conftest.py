@@ -19,6 +19,9 @@ _STATE = Path(tempfile.mkdtemp(prefix="loom-tests-"))
 os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STATE / 'mlflow.db'}"
 os.environ["DVC_NO_ANALYTICS"] = "1"
+# The test server's telemetry service would log "Failed to send telemetry" (no network).
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 # `dvc repro` runs `loom stage ...`: find this environment's `loom`.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])

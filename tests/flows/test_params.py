@@ -132,3 +132,71 @@ def test_writing_params_leaves_ruamel_as_dvc_uses_it(tmp_path):
     out = io.StringIO()
     YAML(typ="rt").dump({"max_vocab": None}, out)
     assert out.getvalue() == "max_vocab:\n"
+
+
+SECTIONS = "bpe:\n  small:\n    vocab_size: 300\n  large:\n    vocab_size: 420\nretries: {}\n"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "bpe.small.vocab=5",
+            "override 'bpe.small.vocab': no such key in params.yaml (bpe.small has ['vocab_size'])",
+        ),
+        ("nosuch=1", "override 'nosuch': no such key in params.yaml (the top level has "),
+        (
+            "bpe.small.vocab_size.x=1",
+            "override 'bpe.small.vocab_size.x': no such key in params.yaml (bpe.small.vocab_size "
+            "is 300, not a section of keys)",
+        ),
+        (
+            "bpe.small=512",
+            "override bpe.small=512: bpe.small is a section of params.yaml with keys "
+            "['vocab_size']; set one of them instead, e.g. -S bpe.small.vocab_size=...",
+        ),
+        ("bpe=[small, large]", "override bpe=['small', 'large']: bpe is a section of params"),
+    ],
+)
+def test_check_overrides_names_what_params_yaml_has(tmp_path, override, message):
+    """Checked against params.yaml as it is, nothing written: a misspelt key would add one
+    no stage reads, and a section set to a scalar breaks every stage reading it."""
+    write(tmp_path, SECTIONS)
+    with pytest.raises(params.ParamsError) as info:
+        params.check_overrides(tmp_path, [override])
+    assert str(info.value).startswith(message)
+    assert (tmp_path / "params.yaml").read_text() == SECTIONS
+
+
+def test_a_section_may_be_replaced_by_a_mapping_or_null(tmp_path):
+    """A foreach section is data (its keys are the variants): `-S bpe={...}` replaces it
+    whole, and `retries: {}` may gain keys; null is how a person empties a section."""
+    write(tmp_path, SECTIONS)
+    parsed = params.check_overrides(
+        tmp_path, ["bpe={tiny: {vocab_size: 260}}", "retries={bpe: 2}", "bpe.large=null"]
+    )
+    assert parsed == [
+        ("bpe", {"tiny": {"vocab_size": 260}}),
+        ("retries", {"bpe": 2}),
+        ("bpe.large", None),
+    ]
+
+
+def test_a_value_that_is_not_yaml_is_one_line(tmp_path):
+    with pytest.raises(params.ParamsError) as info:
+        params.parse_override("bpe.small.vocab_size=[1, 2")
+    assert str(info.value) == (
+        "override 'bpe.small.vocab_size=[1, 2': value is not valid YAML (expected ',' or ']', "
+        "but got '<stream end>' at column 6 of the value); quote it for a string, e.g. key='[1'"
+    )
+
+
+def test_an_overlay_key_params_yaml_lacks_names_the_overlay(tmp_path):
+    write(tmp_path, SECTIONS)
+    overlay = tmp_path / "gpu.yaml"
+    overlay.write_text("bpe:\n  small: {vocab_size: 8192}\nbpee:\n  small: {vocab_size: 1}\n")
+    with pytest.raises(params.ParamsError) as info:
+        params.overlay_overrides(tmp_path, overlay)
+    assert str(info.value).startswith(
+        f"{overlay}: params overlay (-P): override 'bpee': no such key in params.yaml"
+    )

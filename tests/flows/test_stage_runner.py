@@ -137,7 +137,10 @@ def test_killed_mid_run_keeps_outputs_and_next_run_recovers(project, experiment)
     res = loom(project, "stage", "bpe@large")
     assert res.returncode == 0, res.stderr
     assert not scratch.exists()
-    assert yaml.safe_load((project / "metrics" / "bpe_large.json").read_text())["vocab_size"] == 430
+    assert (
+        yaml.safe_load((project / "metrics" / "bpe_large.json").read_text())["bpe"]["vocab_size"]
+        == 430
+    )
 
 
 def test_killed_training_resumes_from_its_last_epoch_checkpoint(project, experiment):
@@ -361,3 +364,27 @@ def test_a_runtime_knob_in_the_stage_section_is_refused(project, experiment):
 def test_nproc_needs_a_distributed_component(project, experiment):
     edit_params(project, lambda p: p["runtime"]["word2vec"].update(nproc=2))
     fails(project, "word2vec@small", "runtime.word2vec.nproc = 2", "runs on one process only")
+
+
+def test_system_metrics_are_a_runtime_knob_off_by_default(project, experiment, monkeypatch):
+    """`runtime.<stage>.system_metrics: true` samples the machine into the stage's run (MLflow's
+    `system/...` metrics); without it there are none. The DVC outputs do not change."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    res = loom(project, "stage", "bpe@small")
+    assert res.returncode == 0, res.stderr
+    edit_params(project, lambda p: p["runtime"].update(bpe={"system_metrics": True}))
+    res = loom(project, "stage", "bpe@small")
+    assert res.returncode == 0, res.stderr
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    off, on = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
+    assert not [m for m in off.data.metrics if m.startswith("system/")]
+    assert "system/cpu_utilization_percentage" in on.data.metrics, sorted(on.data.metrics)
+    assert "system/system_memory_usage_megabytes" in on.data.metrics
+    # The metrics and the plots file share a name: both are kept, under their directories.
+    names = {a.path for d in ("metrics", "plots") for a in client.list_artifacts(on.info.run_id, d)}
+    assert names == {"metrics/bpe_small.json", "plots/bpe_small.json"}
+
+    edit_params(project, lambda p: p["runtime"].update(bpe={"system_metrics": "yes"}))
+    fails(project, "bpe@small", "runtime.bpe.system_metrics = 'yes'", "expected true or false")

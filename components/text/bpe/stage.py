@@ -6,12 +6,17 @@ Input "corpus": a directory with `train.parquet` (and optionally `val.parquet`),
 Output "tokenizer": a new directory holding
 
     config.json             the tokenizer, loom-bpe v1 (`BpeTokenizer.load(dir)`)
+    tokenizer.json          Hugging Face: `tokenizers.Tokenizer.from_file(dir/"tokenizer.json")`,
+                            `transformers.PreTrainedTokenizerFast(tokenizer_file=...)`
+    tokenizer_config.json   with special_tokens_map.json:
+    special_tokens_map.json   `transformers.AutoTokenizer.from_pretrained(dir)`
     tokenizer.tiktoken      tiktoken rank file (`tiktoken.load.load_tiktoken_bpe`)
-    hf/tokenizer.json       HF `tokenizers.Tokenizer.from_file`
     gpt2/vocab.json         GPT-2 layout (`BpeTokenizer.from_gpt2(vocab.json, merges.txt)`)
     gpt2/merges.txt
 
-The HF export sits apart so that no tool mistakes its `tokenizer.json` for Loom's own.
+Every one of them gives the ids of `BpeTokenizer.encode` (tested). The Hugging Face files sit
+at the top, where HF tools look for them; Loom's own file is `config.json` (format
+"loom-bpe"), which transformers reads as a model config without a `model_type` and ignores.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.inputs import open_parquet, parquet_batches
-from components.stage import Dataset, Output, Stage, StageInputError, StageIO, StageResult
+from components.stage import (
+    Dataset,
+    Output,
+    ServedModel,
+    Stage,
+    StageInputError,
+    StageIO,
+    StageResult,
+)
 from components.text.bpe.config import BpeStageConfig
 from components.text.bpe.tokenizer import BpeTokenizer
 from components.text.bpe.trainer import train_bpe
@@ -95,7 +108,7 @@ def _run(config: BpeStageConfig, io: StageIO) -> StageResult:
     out.mkdir(parents=True)
     saved = tok.save(out)
     tok.export_tiktoken(out / "tokenizer.tiktoken")
-    tok.export_hf(out / "hf" / "tokenizer.json")
+    tok.export_transformers(out)
     tok.export_gpt2(out / "gpt2")
 
     split = "val" if val_path.is_file() else "train"
@@ -131,4 +144,11 @@ STAGE = Stage(
     outputs=("tokenizer",),
     run=_run,
     key_metrics=("vocab_size", "val_bytes_per_token", "unique_words"),
+    models=(
+        ServedModel(
+            role="tokenizer",
+            loader="components.text.bpe.serve:load",  # predict(texts) -> token ids per text
+            requirements=("pyarrow", "regex"),
+        ),
+    ),
 )

@@ -20,8 +20,10 @@ version 1, checked by `load` (no `model.safetensors`: the merges are a table, no
      "merges": [[hex(left bytes), hex(right bytes), merged id], ...],   # in rank order
      "special_tokens": {"<|endoftext|>": 50256}}
 
-Exports: `export_hf` (HF `tokenizers` tokenizer.json), `export_gpt2` (vocab.json + merges.txt),
-`export_tiktoken` (rank file for `tiktoken.load.load_tiktoken_bpe`).
+Exports: `export_hf` (HF `tokenizers` tokenizer.json), `export_transformers` (that file plus
+`tokenizer_config.json` and `special_tokens_map.json`: a directory `transformers.AutoTokenizer`
+opens), `export_gpt2` (vocab.json + merges.txt), `export_tiktoken` (rank file for
+`tiktoken.load.load_tiktoken_bpe`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ ENDOFTEXT = "<|endoftext|>"
 KIND, VERSION = "bpe", 1  # "loom-bpe" v1: the fields of the former tokenizer.json, unchanged
 FILENAME = artifact.CONFIG_FILE
 CACHE_SIZE = 1 << 18  # pre-tokens; real text repeats a few thousand of them most of the time
+# The file names Hugging Face tools look for in a tokenizer directory (`export_transformers`).
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_CONFIG_FILE = "tokenizer_config.json"
+HF_SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 
 AllowedSpecial = Literal["all", "none"] | Set[str]
 Pair = tuple[int, int]
@@ -263,6 +269,35 @@ class BpeTokenizer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
+
+    def export_transformers(self, directory: str | Path) -> list[Path]:
+        """Write the files `transformers.AutoTokenizer.from_pretrained(directory)` reads:
+        `tokenizer.json` (`export_hf`), `tokenizer_config.json` and `special_tokens_map.json`
+        (the special tokens: `<|endoftext|>` as `eos_token`, since stage "text.tokenize" ends
+        every document with it; the others as `additional_special_tokens`). Returns the paths.
+
+        They can sit beside Loom's own `config.json`: transformers reads that file as a model
+        config with no `model_type`, and the `tokenizer_class` named here decides (tested
+        with transformers 5.23). `clean_up_tokenization_spaces` is off, transformers 5's
+        default, said outright for transformers 4, whose default on would make decode drop
+        the spaces before punctuation that byte-level BPE keeps."""
+        directory = Path(directory)
+        tokenizer_path = self.export_hf(directory / HF_TOKENIZER_FILE)
+        named = {"eos_token": ENDOFTEXT} if ENDOFTEXT in self._specials else {}
+        others = [s for s, _ in sorted(self._specials.items(), key=lambda item: item[1])]
+        special_map = named | {"additional_special_tokens": [s for s in others if s != ENDOFTEXT]}
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+            **special_map,
+        }
+        written = [tokenizer_path]
+        for name, document in ((HF_CONFIG_FILE, config), (HF_SPECIAL_TOKENS_FILE, special_map)):
+            path = directory / name
+            text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+        return written
 
     def export_tiktoken(self, path: str | Path) -> Path:
         """Write a tiktoken rank file: `base64(token bytes) id` per ordinary token.

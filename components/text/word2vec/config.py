@@ -32,8 +32,8 @@ class Word2VecConfig:
         to float rounding; see `compiled`). "auto" compiles CBOW, ~2x faster that way, and
         skip-gram under `hogwild`; not skip-gram alone, whose compiled step on one core is only
         as fast as the eager one split over two.
-        The first run at a new batch size, dim or window compiles for ~25-30 s; later runs
-        load the kernels from Inductor's disk cache in ~3 s.
+        The first run at a new batch size, dim or window compiles for ~40 s (2-core CPU);
+        later runs load the kernels from Inductor's disk cache in seconds.
     lowercase: fold word queries (and `unit: word` training text, in the stage) to lower case.
     """
 

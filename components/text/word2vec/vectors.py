@@ -11,6 +11,8 @@ BPE tokenizer, for token units).
 Units: `token` models are trained on BPE ids; a word query is answered with the mean of the
 input vectors of the word's tokens (as the tokenizer splits " word", mid-sentence), so words
 the tokenizer splits still have vectors. `word` models are trained on whole words.
+`word_vectors(words)` gives those word vectors for many words at once (the word-level
+exports of stage "text.word2vec", `words.py`, are made from it).
 
 Nearest neighbours and 3CosAdd analogies are computed here once, for every caller:
 `unit_rows`, `nearest`, `three_cos_add`, and `analogy_answers` for a batch of questions.
@@ -120,24 +122,61 @@ class Word2Vec:
 
     def vector(self, word: str | int) -> np.ndarray | None:
         """Input vector [D] of a word (composed from its tokens for token units), of a token id
-        (int, token units) or of a display key; None when it cannot be represented."""
-        row = self._row(word)
-        if row is not None:
+        (int, token units) or of a display key; None when it cannot be represented.
+
+        For token units a string is a word first: "the" is the mean of the tokens of " the"
+        (the word mid-sentence, as `vocabulary()` and analogies see it), not the token "the"
+        that starts a line. A display key is that token when it cannot be a word query
+        (a special token, or a leading "Ġ": "Ġthe") or when the word does not compose."""
+        if isinstance(word, int | np.integer):
+            row = self._index.get(int(word)) if self.config.unit == "token" else None
+            return None if row is None else self.vectors[row]
+        if self.config.unit == "word":
+            row = self._index.get(word.lower() if self.config.lowercase else word)
+            return None if row is None else self.vectors[row]
+        row = self._key_rows().get(word)
+        if row is not None and self._names_a_token(word):
             return self.vectors[row]
-        if self.config.unit == "token" and isinstance(word, str) and self.tokenizer is not None:
-            text = word.lower() if self.config.lowercase else word
-            ids = self.tokenizer.encode_ordinary(" " + text)
-            rows = [r for r in (self._index.get(i) for i in ids) if r is not None]
-            if ids and len(rows) == len(ids):  # every token known
-                return self.vectors[rows].mean(axis=0)
+        composed = self._compose(word)
+        if composed is not None or row is None:
+            return composed
+        return self.vectors[row]
+
+    def _names_a_token(self, word: str) -> bool:
+        """Whether a token unit's display key can only mean that token, never a word."""
+        specials = self.tokenizer.special_tokens if self.tokenizer is not None else {}
+        return word[:1] == "Ġ" or word in specials
+
+    def _compose(self, word: str) -> np.ndarray | None:
+        """Mean input vector [D] of the tokens of " word" (lowercased if `lowercase`); None
+        without a tokenizer, or when one of the tokens is out of the vocabulary."""
+        if self.tokenizer is None:
+            return None
+        text = word.lower() if self.config.lowercase else word
+        ids = self.tokenizer.encode_ordinary(" " + text)
+        rows = [r for r in map(self._index.get, ids) if r is not None]
+        if ids and len(rows) == len(ids):  # every token known
+            return self.vectors[rows].mean(axis=0)
         return None
 
-    def _row(self, word: str | int) -> int | None:
-        if isinstance(word, int | np.integer):
-            return self._index.get(int(word)) if self.config.unit == "token" else None
-        if self.config.unit == "word":
-            return self._index.get(word.lower() if self.config.lowercase else word)
-        return self._key_rows().get(word)
+    def word_vectors(self, words: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The words of `words` that `vector` answers as words, in the given order, and
+        their vectors [n, D] float32, row i equal to `vector(words[i])`: for token units the
+        words that compose (the display keys `vector` takes for tokens, "Ġthe" and special
+        tokens, left out), for word units those in the vocabulary."""
+        kept: list[str] = []
+        rows: list[np.ndarray] = []
+        token_keys = self._key_rows() if self.config.unit == "token" else {}
+        for word in words:
+            if word in token_keys and self._names_a_token(word):
+                continue
+            vec = self._compose(word) if self.config.unit == "token" else self.vector(word)
+            if vec is not None:
+                kept.append(word)
+                rows.append(vec)
+        dim = self.vectors.shape[1]
+        matrix = np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
+        return kept, matrix.astype(np.float32, copy=False)
 
     def _key_rows(self) -> dict[str, int]:
         if not hasattr(self, "_keys_index"):
@@ -237,28 +276,12 @@ class Word2Vec:
 
     def export_word2vec(self, path: str | Path, binary: bool = False) -> Path:
         """The input vectors in word2vec.c's text or binary format (gensim's
-        `KeyedVectors.load_word2vec_format` reads both)."""
-        path = Path(path)
-        n, dim = self.vectors.shape
-        with open(path, "wb") as out:
-            out.write(f"{n} {dim}\n".encode())
-            for key, vec in zip(self.keys, self.vectors.astype(np.float32), strict=True):
-                if binary:
-                    out.write(key.encode() + b" " + vec.tobytes() + b"\n")
-                else:
-                    out.write((key + " " + " ".join(f"{x:.6g}" for x in vec) + "\n").encode())
-        return path
+        `KeyedVectors.load_word2vec_format` reads both), keyed by `keys`."""
+        return write_word2vec(path, self.keys, self.vectors, binary)
 
     def export_safetensors(self, path: str | Path) -> Path:
-        """{"vectors": [V, D]}; metadata "word2vec" = JSON {"unit", "keys": [V strings]}.
-
-        One metadata entry on purpose: safetensors writes several in a per-process random
-        order, and this file is a versioned output whose bytes must not vary between runs."""
-        tensors = {"vectors": torch.from_numpy(np.ascontiguousarray(self.vectors))}
-        info = {"unit": self.config.unit, "keys": self.keys}
-        metadata = {"word2vec": json.dumps(info, ensure_ascii=False)}
-        save_file(tensors, Path(path), metadata=metadata)
-        return Path(path)
+        """{"vectors": [V, D]}; metadata "word2vec" = JSON {"unit", "keys": [V strings]}."""
+        return write_safetensors(path, self.vectors, {"unit": self.config.unit, "keys": self.keys})
 
     def _display(self, key: str | int) -> str:
         if self.config.unit == "word" or self.tokenizer is None:
@@ -268,6 +291,35 @@ class Word2Vec:
             return specials[key]
         table = bytes_to_unicode()
         return "".join(table[b] for b in self.tokenizer.token_bytes(int(key)))
+
+
+def write_word2vec(
+    path: str | Path, keys: Sequence[str], vectors: np.ndarray, binary: bool = False
+) -> Path:
+    """`vectors` [n, D] keyed by `keys` in word2vec.c's format: a header "n D", then per row
+    the key, a space and D float32 (binary) or D numbers to 6 digits (text)."""
+    path = Path(path)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if len(keys) != len(vectors):
+        raise ValueError(f"{path}: {len(keys)} keys for {len(vectors)} vectors")
+    with open(path, "wb") as out:
+        out.write(f"{len(vectors)} {vectors.shape[1]}\n".encode())
+        for key, vec in zip(keys, vectors, strict=True):
+            if binary:
+                out.write(key.encode() + b" " + vec.tobytes() + b"\n")
+            else:
+                out.write((key + " " + " ".join(f"{x:.6g}" for x in vec) + "\n").encode())
+    return path
+
+
+def write_safetensors(path: str | Path, vectors: np.ndarray, info: dict) -> Path:
+    """{"vectors": float32 [n, D]}; metadata "word2vec" = JSON `info` (the keys and what
+    they are). One metadata entry on purpose: safetensors writes several in a per-process
+    random order, and these files are versioned outputs whose bytes must not vary."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    metadata = {"word2vec": json.dumps(info, ensure_ascii=False)}
+    save_file({"vectors": torch.from_numpy(array)}, Path(path), metadata=metadata)
+    return Path(path)
 
 
 def _read_config(directory: Path) -> tuple[Word2VecConfig, list[float]]:

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from tiktoken.load import load_tiktoken_bpe
 from tokenizers import Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from components import registry
 from components.config import ConfigError, build
@@ -17,6 +18,21 @@ from components.text.bpe.tokenizer import ENDOFTEXT, BpeTokenizer
 from tests.components.bad_parquet import corrupt_copy, truncated_copy
 
 DOCS = [topics[name] for name in sorted(topics)][:30]
+# Text that trips tokenizers up: whitespace runs, line ends, tabs, non-ASCII letters, emoji,
+# CJK, punctuation after a space (which HF decode's "clean up" would eat), the special token
+# alone, inside a word and twice in a row.
+VARIED = [
+    DOCS[-1] + ENDOFTEXT,
+    "Hello  world\n\n\tcafé 日本語 😀 ",
+    "   leading and trailing   ",
+    "\r\n\r\n  \t\t\tx",
+    "a , b . c ; d ! e ?",
+    ENDOFTEXT,
+    "x<|endoftext|>y" + ENDOFTEXT + ENDOFTEXT + " z",
+    "naïve Ärger — “quotes” ‘single’ ½ ß ǅ",
+    "def f(x):\n    return x ** 2  # comment",
+    "",
+]
 
 
 def write_split(path: Path, texts: list[str | None]) -> Path:
@@ -51,8 +67,12 @@ def test_run_writes_tokenizer_and_exports(corpus, tmp_path, monkeypatch):
     tok = BpeTokenizer.load(out)
     assert tok.vocab_size == 400 and tok.special_tokens == {ENDOFTEXT: 399}
     text = DOCS[-1] + ENDOFTEXT
-    hf = Tokenizer.from_file(str(out / "hf" / "tokenizer.json"))
+    hf = Tokenizer.from_file(str(out / "tokenizer.json"))
     assert hf.encode(text).ids == tok.encode(text)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "config.json", "gpt2/merges.txt", "gpt2/vocab.json", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer.tiktoken", "tokenizer_config.json",
+    ]  # fmt: skip
     gpt2 = BpeTokenizer.from_gpt2(out / "gpt2" / "vocab.json", out / "gpt2" / "merges.txt")
     assert gpt2.merges == tok.merges
     ranks = load_tiktoken_bpe(str(out / "tokenizer.tiktoken"))
@@ -71,6 +91,28 @@ def test_run_writes_tokenizer_and_exports(corpus, tmp_path, monkeypatch):
     assert counts == sorted(counts, reverse=True)  # no merge can outnumber an earlier one
     assert result.artifacts == [Output("tokenizer", "config.json")]
     assert json.loads((out / "config.json").read_text())["version"] == 1
+
+
+def test_tokenizer_directory_opens_with_hugging_face_tools(corpus, tmp_path):
+    """The stage's output directory as HF users open it: `tokenizers` from the file,
+    transformers from the file and from the directory (beside Loom's own config.json)."""
+    out = tmp_path / "tokenizer"
+    run(corpus, out, vocab_size=400)
+    tok = BpeTokenizer.load(out)
+    hf = Tokenizer.from_file(str(out / "tokenizer.json"))
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    auto = AutoTokenizer.from_pretrained(out)
+    assert (auto.eos_token, auto.eos_token_id) == (ENDOFTEXT, 399)
+    assert auto.all_special_tokens == [ENDOFTEXT]
+    assert len(auto) == len(fast) == hf.get_vocab_size() == 400
+    for text in VARIED:
+        ids = tok.encode(text)
+        assert hf.encode(text).ids == ids, text
+        assert fast.encode(text) == ids, text
+        assert auto.encode(text) == ids and auto(text)["input_ids"] == ids, text
+        assert auto.decode(ids) == tok.decode(ids) == text, text
+        assert auto.decode(ids, skip_special_tokens=True) == text.replace(ENDOFTEXT, "")
+    assert auto.convert_ids_to_tokens(tok.encode(" the")) == ["Ġthe"]
 
 
 def test_without_val_measures_compression_on_train(tmp_path):

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 from tokenizers import Tokenizer
+from transformers import AutoTokenizer
 
 from components.stage import StageInputError
 from components.text.bpe import tokenizer, trainer
@@ -124,6 +125,49 @@ def test_hf_export_gives_same_ids_and_decodes(trained, trained_hf):
         ids = trained.encode(text)
         assert trained_hf.encode(text).ids == ids
         assert trained_hf.decode(ids, skip_special_tokens=False) == trained.decode(ids)
+
+
+def test_transformers_export_opens_with_auto_tokenizer(gpt2, tmp_path):
+    """GPT-2's own merges, exported as a directory: transformers gives GPT-2's ids."""
+    written = gpt2.export_transformers(tmp_path)
+    assert [p.name for p in written] == [
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": ENDOFTEXT,
+        "additional_special_tokens": [],
+    }
+    auto = AutoTokenizer.from_pretrained(tmp_path)
+    assert (len(auto), auto.eos_token_id) == (50257, 50256)
+    for text in SAMPLES:
+        assert auto.encode(text) == gpt2.encode(text), text
+        assert auto.decode(gpt2.encode(text)) == text
+
+
+def test_transformers_export_of_several_special_tokens(tmp_path):
+    """<|endoftext|> is the eos token; other special tokens are additional ones, in id order;
+    without <|endoftext|> there is no eos token."""
+    specials = ["<|pad|>", ENDOFTEXT, "<|sep|>"]
+    tok = train_bpe(TRAIN_TEXTS[:20], vocab_size=400, special_tokens=specials)
+    tok.export_transformers(tmp_path / "with")
+    auto = AutoTokenizer.from_pretrained(tmp_path / "with")
+    assert auto.eos_token == ENDOFTEXT and auto.eos_token_id == tok.special_tokens[ENDOFTEXT]
+    assert auto.extra_special_tokens == ["<|pad|>", "<|sep|>"]
+    assert json.loads((tmp_path / "with" / "special_tokens_map.json").read_text()) == {
+        "eos_token": ENDOFTEXT,
+        "additional_special_tokens": ["<|pad|>", "<|sep|>"],
+    }
+    text = "<|pad|>a <|sep|>b" + ENDOFTEXT + " c<|pad|>"
+    assert auto.encode(text) == tok.encode(text)
+    assert auto.decode(tok.encode(text), skip_special_tokens=True) == "a b c"
+
+    plain = train_bpe(TRAIN_TEXTS[:20], vocab_size=300, special_tokens=["<|sep|>"])
+    plain.export_transformers(tmp_path / "without")
+    auto = AutoTokenizer.from_pretrained(tmp_path / "without")
+    assert auto.eos_token is None and auto.extra_special_tokens == ["<|sep|>"]
+    assert auto.encode("x<|sep|>y") == plain.encode("x<|sep|>y")
 
 
 def test_tiktoken_export_gives_same_ids(trained, trained_tiktoken):

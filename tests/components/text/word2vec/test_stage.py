@@ -25,6 +25,7 @@ from components.stage import RecordingLogger, StageInputError, StageIO
 from components.text.bpe.tokenizer import ENDOFTEXT, BpeTokenizer
 from components.text.bpe.trainer import train_bpe
 from components.text.word2vec import trainer
+from components.text.word2vec import words as words_module
 from components.text.word2vec.config import Word2VecConfig
 from components.text.word2vec.sentences import ParquetSentences, words
 from components.text.word2vec.stage import STAGE
@@ -41,6 +42,7 @@ TEXTS = [
     "the mat the mat the cat",
 ]
 METRICS = {"vocab_size", "train_units", "final_loss", "train_seconds", "train_units_per_second"}
+TOKEN_METRICS = METRICS | {"exported_words", "export_words_seconds"}
 
 
 def config(**changes) -> Word2VecConfig:
@@ -89,7 +91,7 @@ def token_inputs(tmp_path, tokenizer_dir) -> StageIO:
     tok = BpeTokenizer.load(tokenizer_dir)
     ids = [tok.encode(doc) + [tok.special_tokens[ENDOFTEXT]] for doc in DOCS]
     tokens = write_tokens(tmp_path / "tokens", ids)
-    return io_for(tmp_path, tokens, tokenizer_dir, tmp_path / "no-corpus")
+    return io_for(tmp_path, tokens, tokenizer_dir, write_corpus(tmp_path / "corpus", DOCS))
 
 
 def test_registered():
@@ -105,7 +107,7 @@ def test_token_stage_writes_model_and_exports(token_inputs, tokenizer_dir):
     names = {p.name for p in out.iterdir()}
     assert names == {
         "model.safetensors", "vocab.json", "config.json", "tokenizer", "vectors.bin",
-        "vectors.safetensors",
+        "vectors.safetensors", "words.bin", "words.safetensors",
     }  # fmt: skip
     model = Word2Vec.load(out)
     # The artifact records what was made, not how it ran (runtime knobs are left out).
@@ -129,7 +131,7 @@ def test_token_stage_writes_model_and_exports(token_inputs, tokenizer_dir):
                      .column("ids").to_pylist() for i in row)  # fmt: skip
     kept = {i: c for i, c in counts.items() if c >= cfg.min_count}
     assert sorted(model.vocab.keys) == sorted(kept)
-    assert set(result.metrics) == METRICS
+    assert set(result.metrics) == TOKEN_METRICS
     assert result.metrics["vocab_size"] == len(kept)
     assert result.metrics["train_units"] == sum(kept.values())
     assert result.metrics["final_loss"] == model.history[-1]
@@ -142,7 +144,74 @@ def test_token_stage_writes_model_and_exports(token_inputs, tokenizer_dir):
     assert len(curve) >= cfg.epochs
     assert steps == sorted(set(steps)) and steps[-1] == cfg.epochs * sum(kept.values())
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
-    assert {d.name: d.context for d in result.datasets} == {"train": "train", "model": "output"}
+    assert {d.name: d.context for d in result.datasets} == {
+        "train": "train", "corpus/train": "train", "model": "output",
+    }  # fmt: skip
+
+
+def corpus_word_counts(texts: list[str], lowercase: bool = True) -> Counter:
+    return Counter(w for text in texts for w in words(text, lowercase))
+
+
+def test_token_stage_exports_word_vectors_that_gensim_reads(token_inputs):
+    """words.bin: plain corpus words, as frequent as min_count, most frequent first, each
+    vector the one `Word2Vec.vector(word)` composes; words.safetensors holds the same."""
+    cfg = config()
+    result = STAGE.run(cfg, token_inputs)
+    out = token_inputs.outputs["model"]
+    model = Word2Vec.load(out)
+    kv = KeyedVectors.load_word2vec_format(out / "words.bin", binary=True)
+    exported = list(kv.index_to_key)
+    assert exported[:3] == ["the", "a", "is"] and "Ġthe" not in exported
+    for word in exported:
+        assert np.array_equal(kv[word], model.vector(word)), word
+    assert np.array_equal(kv["the"], model.vector("the"))
+    assert np.array_equal(kv["the"], model.vector("Ġthe"))  # " the" is one token
+
+    counts = corpus_word_counts(DOCS)
+    frequent = sorted((-c, w) for w, c in counts.items() if c >= cfg.min_count)
+    composable = [w for _, w in frequent if model.vector(w) is not None]
+    assert exported == composable  # every frequent word that composes, none other
+    assert len(exported) > 900  # here every frequent word composes (see test_vectors)
+    assert result.metrics["exported_words"] == len(exported)
+    assert result.metrics["export_words_seconds"] > 0
+    with safe_open(out / "words.safetensors", "np") as f:
+        assert np.array_equal(f.get_tensor("vectors"), kv.vectors)
+        info = json.loads(f.metadata()["word2vec"])
+    assert info == {"unit": "word", "keys": exported, "counts": [counts[w] for w in exported]}
+
+
+def test_exported_words_follow_lowercase_and_the_bounds(token_inputs, monkeypatch):
+    out = token_inputs.outputs["model"]
+
+    def exported(work: str, **changes) -> KeyedVectors:
+        STAGE.run(config(**changes), dataclasses.replace(token_inputs, work=out.parent / work))
+        return KeyedVectors.load_word2vec_format(out / "words.bin", binary=True)
+
+    every = exported("all").index_to_key
+    monkeypatch.setattr(words_module, "MAX_WORDS", 25)
+    assert exported("capped").index_to_key == every[:25]
+    # max_vocab bounds the tokens, not the words: fewer words compose from 60 tokens
+    bounded = exported("bounded", max_vocab=60).index_to_key
+    assert 0 < len(bounded) < 25 and bounded == [w for w in every[:25] if w in bounded]
+    monkeypatch.undo()
+
+    cased = exported("cased", lowercase=False)
+    assert {"The", "the"} <= set(cased.index_to_key) and "The" not in every
+    assert corpus_word_counts(DOCS, lowercase=False)["The"] >= 5
+    model = Word2Vec.load(out)
+    assert np.array_equal(cased["The"], model.vector("The"))
+    assert not np.array_equal(cased["The"], cased["the"])
+
+
+def test_token_stage_without_corpus_text_fails_before_training(token_inputs, tmp_path):
+    io = dataclasses.replace(token_inputs, inputs=token_inputs.inputs | {"corpus": tmp_path / "x"})
+    with pytest.raises(StageInputError) as err:
+        STAGE.run(config(), io)
+    assert str(err.value) == (
+        f"{tmp_path / 'x' / 'train.parquet'}: corpus text not found (its words are exported)"
+    )
+    assert not io.outputs["model"].exists() and not (io.work / "encoded").exists()
 
 
 def test_word_unit_trains_on_the_words_of_the_corpus_text(tmp_path):
@@ -159,6 +228,8 @@ def test_word_unit_trains_on_the_words_of_the_corpus_text(tmp_path):
     assert "café" in model.keys and "don't" not in model.keys  # "don't" occurs once
     assert model.vocab.counts.tolist() == [-c for c, _ in expected]
     assert not (io.outputs["model"] / "tokenizer").exists()
+    assert not (io.outputs["model"] / "words.bin").exists()  # its vectors are words already
+    assert set(result.metrics) == METRICS
     assert result.metrics["vocab_size"] == len(model.keys)
     assert result.metrics["train_units"] == sum(c for w, c in counts.items() if c >= 2)
 
@@ -173,7 +244,7 @@ def test_word_unit_respects_lowercase_false(tmp_path):
 
 def test_empty_token_stream_names_the_parquet_file(tmp_path, tokenizer_dir):
     tokens = write_tokens(tmp_path / "tokens", [[], [], []])
-    io = io_for(tmp_path, tokens, tokenizer_dir, tmp_path / "no-corpus")
+    io = io_for(tmp_path, tokens, tokenizer_dir, write_corpus(tmp_path / "corpus", TEXTS))
     with pytest.raises(StageInputError, match="empty token stream") as err:
         STAGE.run(config(), io)
     assert str(tokens / "train.parquet") in str(err.value)
@@ -198,7 +269,7 @@ def test_missing_training_data_and_missing_column(tmp_path, tokenizer_dir):
 
 def test_token_ids_outside_the_tokenizer_vocab_name_the_parquet_file(tmp_path, tokenizer_dir):
     tokens = write_tokens(tmp_path / "tokens", [[1, 2, 3]] * 20 + [[5, 400, 6]])  # vocab: 400
-    io = io_for(tmp_path, tokens, tokenizer_dir, tmp_path / "no-corpus")
+    io = io_for(tmp_path, tokens, tokenizer_dir, write_corpus(tmp_path / "corpus", TEXTS))
     with pytest.raises(StageInputError) as err:
         STAGE.run(config(), io)
     assert str(err.value) == (

@@ -84,6 +84,41 @@ def test_token_keys_are_gpt2_byte_level_spellings(token_model, tokenizer):
     assert np.array_equal(vectors[words.index("the")], token_model.vector(the[0]))
 
 
+def test_token_word_query_is_the_word_mid_sentence(token_model, tokenizer):
+    """A string is a word first: "is" is the token of " is" (what `vocabulary()` and the
+    analogies use), not the token "is" that starts a line, although both are keys."""
+    row = token_model.vocab.index()
+    line_start, mid_sentence = tokenizer.encode("is"), tokenizer.encode(" is")
+    assert len(line_start) == len(mid_sentence) == 1 and "is" in token_model.keys
+    assert np.array_equal(token_model.vector("is"), token_model.vector(mid_sentence[0]))
+    assert not np.array_equal(token_model.vector("is"), token_model.vector(line_start[0]))
+    words, vectors = token_model.vocabulary()
+    assert np.array_equal(vectors[words.index("is")], token_model.vector("is"))
+    # display keys that no word query means are their tokens: "Ġis", special tokens, and
+    # keys whose word does not compose ("Ċ": " ċ" has bytes this corpus never had)
+    assert np.array_equal(token_model.vector("Ġis"), token_model.vector(mid_sentence[0]))
+    eot = tokenizer.special_tokens[ENDOFTEXT]
+    assert np.array_equal(token_model.vector(ENDOFTEXT), token_model.vectors[row[eot]])
+    newline = row[tokenizer.encode("\n")[0]]
+    assert np.array_equal(token_model.vector("Ċ"), token_model.vectors[newline])
+
+
+def test_word_vectors_are_the_vectors_of_the_words_that_compose(token_model, word_model):
+    """`word_vectors` (what words.bin is made of): row i is `vector(word i)`; words that
+    do not compose, special tokens and display keys are left out, the order kept."""
+    asked = ["the", "Statement", "жжж", "Ġthe", ENDOFTEXT, "is", "statement"]
+    assert token_model.vector("жжж") is None  # no Cyrillic byte in this corpus
+    words, vectors = token_model.word_vectors(asked)
+    assert words == ["the", "Statement", "is", "statement"]
+    assert vectors.dtype == np.float32 and vectors.shape == (4, token_model.config.dim)
+    for word, vec in zip(words, vectors, strict=True):
+        assert np.array_equal(vec, token_model.vector(word)), word
+    assert np.array_equal(vectors[1], vectors[3])  # lowercased before composing
+    words, vectors = word_model.word_vectors(["a1", "zebra", "A1"])
+    assert words == ["a1", "A1"] and np.array_equal(vectors[0], word_model.vector("a1"))
+    assert token_model.word_vectors([])[1].shape == (0, token_model.config.dim)
+
+
 def test_token_vocabulary_holds_only_words(token_model):
     words, _ = token_model.vocabulary()
     assert [w for w in words if not w.isascii()] == []
@@ -222,7 +257,7 @@ def test_unknown_word(word_model, token_model):
         word_model.most_similar("zebra")
     with pytest.raises(KeyError, match="zebra"):
         word_model.analogy("a1", "zebra", "b1")
-    # a token model composes any word from bytes; only an id outside the vocabulary is unknown
+    # a token model composes any word of bytes it has seen: here only an unknown id has none
     assert token_model.vector(10**6) is None
     with pytest.raises(KeyError, match="1000000"):
         token_model.most_similar(10**6)
