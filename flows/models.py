@@ -85,7 +85,7 @@ def registered_name(stage_name: str, component: str, role: str, several: bool = 
     "word2vec@small" of "text.word2vec" -> "text.word2vec.small"; a stage without a key ->
     "text.x"; a stage declaring `several` models puts the role before the key
     ("text.x.encoder.small"), so that no two share a name."""
-    key = stage_name.rpartition(":")[2].partition("@")[2]
+    key = project.stage_key(stage_name)
     return ".".join(p for p in (component, role if several else "", key) if p)
 
 

@@ -318,7 +318,7 @@ def stage_tags(spec: project.StageSpec) -> list[str]:
     tags = ["loom"]
     if spec.component:
         tags.append(f"pipeline:{spec.component.split('.')[0]}")
-    return [*tags, f"group:{spec.name.split('@')[0]}", f"stage:{spec.name}"]
+    return [*tags, f"group:{project.stage_group(spec.name)}", f"stage:{spec.name}"]
 
 
 @task(task_run_name="{spec.name}")

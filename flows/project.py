@@ -67,6 +67,23 @@ class StageSpec:
 STAGE_NAME = re.compile(r"[A-Za-z0-9_.-]+(@[A-Za-z0-9_.-]+)?")
 
 
+def stage_group(name: str) -> str:
+    """A stage's foreach/matrix group: its name before "@" ("word2vec@small" -> "word2vec";
+    DVC's "path/dvc.yaml:NAME" addresses too). Its `runtime.<group>` knobs, its metrics'
+    nesting and its Prefect `group:` tag all go by it."""
+    return _split_stage(name)[0]
+
+
+def stage_key(name: str) -> str:
+    """A stage's foreach/matrix key ("word2vec@small" -> "small"; "" for a plain stage)."""
+    return _split_stage(name)[1]
+
+
+def _split_stage(name: str) -> tuple[str, str]:
+    group, _, key = name.rpartition(":")[2].partition("@")
+    return group, key
+
+
 def check_stage_name(name: str) -> None:
     if not STAGE_NAME.fullmatch(name):
         base, _, key = name.partition("@")

@@ -15,17 +15,13 @@ from typing import Any
 
 import yaml
 
-
-def group(stage: str) -> str:
-    """The group a stage's metrics nest under: "bpe@small" -> "bpe" (DVC's
-    "path/dvc.yaml:NAME" addresses too)."""
-    return stage.rpartition(":")[2].partition("@")[0]
+from flows import project
 
 
 def nested(stage: str, metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     """{"vocab_size": 1024.0} of stage "bpe@small" -> {"bpe": {"vocab_size": 1024}}; integral
     values are written as ints (DVC shows `1024`, not `1024.0`)."""
-    return {group(stage): {k: _plain(v) for k, v in sorted(metrics.items())}}
+    return {project.stage_group(stage): {k: _plain(v) for k, v in sorted(metrics.items())}}
 
 
 def flat(document: Any) -> dict[str, float]:

@@ -99,7 +99,7 @@ LAUNCH_KNOBS = {
 def runtime_name(stage: str) -> str:
     """The key of stage `stage` under `runtime:`: its dvc.yaml name without a foreach key
     ("word2vec@small" -> "word2vec"; DVC's "path/dvc.yaml:NAME" addresses too)."""
-    return stage.rpartition(":")[2].partition("@")[0]
+    return project.stage_group(stage)
 
 
 def runtime_knobs(all_params: dict, name: str) -> dict[str, Any]:
