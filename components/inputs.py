@@ -66,6 +66,15 @@ def read_json(path: Path) -> Any:
         ) from None
 
 
+def json_line(line: str, path: Path, number: int) -> Any:
+    """The JSON value on line `number` of a JSONL file `path`; `StageInputError` naming the
+    file and line if it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise StageInputError(f"{path} line {number}: invalid JSON: {err}") from None
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a parsed value's type, for messages ("object", "array", ...)."""
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from components.inputs import open_parquet, parquet_batches
+from components.inputs import json_line, open_parquet, parquet_batches
 from components.stage import StageInputError
 from components.text.corpus.config import CorpusConfig
 
@@ -278,10 +278,7 @@ def _read_jsonl(path: Path, name: str, config: CorpusConfig) -> Iterator[_Doc]:
         line, bad = _decode(raw, config, str(path), offset, number)
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise StageInputError(f"{path} line {number}: invalid JSON: {err}") from None
+        record = json_line(line, path, number)
         if not isinstance(record, dict) or config.text_field not in record:
             raise StageInputError(
                 f"{path} line {number}: expected a JSON object with a {config.text_field!r} key"

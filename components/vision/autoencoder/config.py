@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from components.config import require, runtime_field
-from components.train.config import TrainConfig, is_number
+from components.train.config import Device, TrainConfig, is_number
 
 Kind = Literal["kl", "vq"]
 Reconstruction = Literal["l1", "l2"]
@@ -221,7 +221,7 @@ class EncodeLatentsConfig:
     # its mean; kind vq: always the quantized codes
     seed: int = 0  # of the posterior draws
     batch_size: int = runtime_field(256)
-    device: str = runtime_field("auto")
+    device: Device = runtime_field("auto")
 
     def __post_init__(self) -> None:
         require(
@@ -229,8 +229,8 @@ class EncodeLatentsConfig:
         )
         require(_positive_int(self.batch_size), "batch_size", self.batch_size, "an int >= 1")
         require(
-            self.device in ("auto", "cpu", "cuda", "mps"),
+            self.device in get_args(Device),
             "device",
             self.device,
-            "one of auto|cpu|cuda|mps",
+            "one of " + "|".join(get_args(Device)),
         )

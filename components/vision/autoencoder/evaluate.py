@@ -17,14 +17,6 @@ from components.vision.autoencoder.task import to_float
 
 
 @torch.no_grad()
-def reconstruct(network: KLAutoencoder | VQAutoencoder, images: Tensor) -> Tensor:
-    """Deterministic reconstructions (the posterior mean for kl) of float images in [-1, 1]."""
-    if isinstance(network, KLAutoencoder):
-        return network.decode(network.posterior(images).mean)
-    return network.decode(network.quantize(images).quantized)
-
-
-@torch.no_grad()
 def reconstruction_metrics(
     network: KLAutoencoder | VQAutoencoder, images: Tensor, batch_size: int = 256
 ) -> dict[str, float]:

@@ -16,7 +16,7 @@ codebook alive.
 - Dead-code restart: a code whose EMA count N_k falls below `restart_threshold` is moved to a
   random one of the `recent` encoder outputs remembered, so it is used again; plain VQ-VAEs
   leave most of a 512-code book unused, this keeps almost all of it in play.
-- k-means init (`kmeans_init`): the codes start as the k-means centroids of the first training
+- k-means init (`kmeans_init`): the codes start as the k-means(++) centroids of the first training
   batch's encoder outputs, not as random vectors far from any of them.
 - Factorised, l2-normalised codes (ViT-VQGAN, Yu et al. 2021): look up in a low-dimensional
   `code_dim` space, optionally on the unit sphere (cosine similarity), which spreads use over
@@ -51,10 +51,16 @@ class Quantized:
 def code_statistics(codes: Tensor, codebook_size: int) -> tuple[float, float]:
     """(usage, perplexity) of int codes of any shape: the fraction of the K codes that occur,
     and exp(−Σ p_k log p_k) of their frequencies (K when use is uniform, 1 when one code)."""
+    usage, perplexity = _statistics(codes, codebook_size)
+    return float(usage), float(perplexity)
+
+
+def _statistics(codes: Tensor, codebook_size: int) -> tuple[Tensor, Tensor]:
+    """`code_statistics` as 0-dim tensors on the codes' device (no host sync in training)."""
     counts = torch.bincount(codes.flatten(), minlength=codebook_size).double()
     p = counts / counts.sum().clamp(min=1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return float((counts > 0).double().mean()), float(entropy.exp())
+    entropy = -(p * p.clamp(min=1e-300).log()).sum()  # 0 · log 0 = 0
+    return (counts > 0).double().mean(), entropy.exp()
 
 
 def ema_update(
@@ -71,14 +77,23 @@ def ema_update(
 
 
 def kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator | None = None):
-    """Lloyd's k-means of x [N, d]: (centroids [k, d], cluster sizes [k]). Starts at k random
-    rows (with replacement when N < k); an empty cluster keeps its previous centroid."""
+    """Lloyd's k-means of x [N, d]: (centroids [k, d], cluster sizes [k]). Seeded by
+    k-means++ (each next centroid drawn with probability ∝ its squared distance to the nearest
+    one so far), so well-separated clusters each get a centroid; with N < k, k random rows
+    (with replacement). An empty cluster keeps its previous centroid."""
     n = x.shape[0]
-    if n >= k:
-        start = torch.randperm(n, generator=generator, device="cpu")[:k]
+    if n < k:
+        centroids = x[torch.randint(n, (k,), generator=generator).to(x.device)].clone()
     else:
-        start = torch.randint(n, (k,), generator=generator, device="cpu")
-    centroids = x[start.to(x.device)].clone()
+        picks = [int(torch.randint(n, (1,), generator=generator))]
+        nearest = (x - x[picks[0]]).pow(2).sum(1)
+        for _ in range(1, k):
+            weights = nearest.cpu().double()
+            if float(weights.sum()) <= 0:  # fewer distinct rows than k: any row
+                weights = torch.ones(n, dtype=torch.float64)
+            picks.append(int(torch.multinomial(weights, 1, generator=generator)))
+            nearest = torch.minimum(nearest, (x - x[picks[-1]]).pow(2).sum(1))
+        centroids = x[torch.tensor(picks, device=x.device)].clone()
     counts = torch.zeros(k, device=x.device, dtype=x.dtype)
     for _ in range(iters):
         assign = torch.cdist(x, centroids).argmin(1)
@@ -124,11 +139,6 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("recent", torch.zeros(config.recent, d))
         self.register_buffer("recent_seen", torch.tensor(0, dtype=torch.int64))
 
-    def codes_of(self, z: Tensor) -> Tensor:
-        """Nearest codes int64 [B, h, w] of z [B, c, h, w] (no update)."""
-        flat, shape = self._flat(z)
-        return self._nearest(flat, self._book()).reshape(shape)
-
     def forward(self, z: Tensor) -> Quantized:
         cfg = self.config
         flat, shape = self._flat(z)  # [N, d]
@@ -149,7 +159,8 @@ class VectorQuantizer(nn.Module):
         q_st = flat + (q - flat).detach()  # straight-through: d out / d flat = identity
         b, h, w = shape
         quantized = self.project_out(q_st.reshape(b, h, w, -1).permute(0, 3, 1, 2))
-        usage, perplexity = self._batch_statistics(codes)
+        with torch.no_grad():
+            usage, perplexity = _statistics(codes, cfg.codebook_size)
         return Quantized(quantized, codes.reshape(shape), loss, perplexity, usage)
 
     def _flat(self, z: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
@@ -169,13 +180,6 @@ class VectorQuantizer(nn.Module):
         # ‖x − e‖² = ‖x‖² − 2 x·e + ‖e‖²; the ‖x‖² term does not change the argmin
         distance = book.pow(2).sum(1) - 2 * flat @ book.t()
         return distance.argmin(1)
-
-    def _batch_statistics(self, codes: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            k = self.config.codebook_size
-            p = torch.bincount(codes, minlength=k).float() / codes.numel()
-            entropy = -(p * p.clamp(min=1e-12).log()).sum()
-            return (p > 0).float().mean(), entropy.exp()
 
     @torch.no_grad()
     def _kmeans_init(self, flat: Tensor) -> None:

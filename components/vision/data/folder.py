@@ -21,7 +21,6 @@ StageInputError naming the sidecar's line.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from components.inputs import json_line
 from components.stage import StageInputError
 from components.vision.data.config import Fit, FolderImagesConfig
 from components.vision.data.decode import BadImageError, open_image, to_mode
@@ -176,10 +176,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, str, str]]:
         for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise StageInputError(f"{path} line {number}: invalid JSON: {err}") from None
+            record = json_line(line, path, number)
             ok = isinstance(record, dict) and all(
                 isinstance(record.get(key), str) for key in ("file", "caption")
             )
