@@ -15,6 +15,10 @@ COMPONENTS: dict[str, str] = {
     "text.tokenize": "components.text.token_ids.stage",
     "text.word2vec": "components.text.word2vec.stage",
     "text.embedding_eval": "components.text.embedding_eval.stage",
+    "vision.images": "components.vision.data.stage",
+    "vision.image_folder": "components.vision.data.folder_stage",
+    "vision.autoencoder": "components.vision.autoencoder.stage",
+    "vision.encode_latents": "components.vision.autoencoder.encode_stage",
 }
 
 

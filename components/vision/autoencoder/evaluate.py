@@ -52,3 +52,25 @@ def reconstruction_metrics(
         usage, perplexity = code_statistics(torch.cat(codes), k)
         metrics |= {"codebook_usage": usage, "perplexity": perplexity}
     return metrics
+
+
+@torch.no_grad()
+def latent_statistics(
+    network: KLAutoencoder | VQAutoencoder, images: Tensor, seed: int = 0, batch_size: int = 256
+) -> tuple[float, float]:
+    """images uint8 [N, C, H, W] -> (mean, std) over every element of their latents: posterior
+    draws (seeded) for kl, as a diffusion model trained on samples sees them; codes for vq.
+    1 / std is the latent scale factor (Stable Diffusion's 0.18215, here from the data)."""
+    device = next(network.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, images.shape[0], batch_size):
+        x = to_float(images[start : start + batch_size].to(device))
+        z = network.latents(x, sample=True, generator=generator).double()
+        total, total_sq, count = (
+            total + float(z.sum()),
+            total_sq + float(z.square().sum()),
+            count + z.numel(),
+        )
+    mean = total / count
+    return mean, max(total_sq / count - mean * mean, 0.0) ** 0.5

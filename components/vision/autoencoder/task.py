@@ -75,8 +75,9 @@ class AutoencoderTask:
         """train, val: uint8 images [N, C, H, W]."""
         self.config = config
         self.image_channels = int(train.shape[1])
-        self.train_data = ImageTensors(train)
-        self.val_data = ImageTensors(val) if val is not None and len(val) else None
+        # typed as the engine's Task protocol declares them (mutable attributes: invariant)
+        self.train_data: Dataset = ImageTensors(train)
+        self.val_data: Dataset | None = ImageTensors(val) if val is not None and len(val) else None
 
     def model(self) -> AutoencoderWithCritic:
         return AutoencoderWithCritic(self.config, self.image_channels)
@@ -100,9 +101,11 @@ class AutoencoderTask:
         return groups
 
     def loss(
-        self, model: AutoencoderWithCritic, images: Tensor, step: int
+        self, model: nn.Module, batch: Tensor, step: int = 0
     ) -> tuple[dict[str, Tensor], Mapping[str, float | Tensor]]:
-        cfg = self.config.loss
+        """batch: float images [B, C, H, W] in [-1, 1] (`collate`); step: updates so far."""
+        assert isinstance(model, AutoencoderWithCritic)
+        cfg, images = self.config.loss, batch
         out = model.autoencoder(images)
         rec = reconstruction_loss(images, out.reconstruction, cfg.reconstruction)
         metrics: dict[str, float | Tensor] = {"rec": rec}

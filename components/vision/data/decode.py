@@ -12,7 +12,8 @@ What each source mode becomes (on_channels "convert"; "error" refuses all but th
     P (palette), 1,    Pillow's conversion to RGB (CMYK JPEGs from Adobe tools, stored
     CMYK, YCbCr        inverted, are read as Pillow reads them)
     I;16*, I           16-bit grey: scaled to 8 bits, v -> round(v · 255 / 65535) (not
-                       clipped at 255); mode I is clipped to 0..65535 first
+                       clipped at 255); mode I is clipped to 0..65535 first; pixels
+                       equal to a PNG tRNS grey value are transparent, composited as above
     RGB;16             16-bit RGB PNG: Pillow keeps each sample's high byte (v >> 8, within
                        1 of the scaled value) while reading; counted as converted
     anything else      (F, LAB, HSV, ...) a BadImageError: no defined 8-bit meaning
@@ -108,15 +109,26 @@ def to_mode(
             f"{path}: image mode {described}, expected {target} for mode {mode!r} "
             "(on_channels: convert converts it)"
         )
+    if image.mode in SIXTEEN_BIT:
+        # Before any alpha: Pillow's own I;16 -> RGBA clips at 255 instead of scaling.
+        image = _eight_bit_grey(image)
     if image.mode in ALPHA_MODES or "transparency" in image.info:
         background = (255, 255, 255, 255) if alpha_background == "white" else (0, 0, 0, 255)
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", image.size, background), rgba)
-    elif image.mode in SIXTEEN_BIT:
-        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
     elif image.mode not in ("L", "RGB", *VIA_RGB):
         raise BadImageError(f"{path}: image mode {described} has no 8-bit {target} conversion")
     if image.mode != "L" or target != "L":
         image = image.convert("RGB")
     return image.convert(target), True
+
+
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit, clipped to 0..65535) grey -> L, v -> round(v · 255 / 65535); LA
+    where a PNG tRNS grey value marks the pixels equal to it transparent."""
+    values = np.asarray(image).astype(np.int64)
+    grey = Image.fromarray(((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):
+        grey.putalpha(Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8)))
+    return grey
