@@ -72,8 +72,50 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-def make_project(dst: Path, params: dict | None = None) -> Path:
-    """A git + DVC copy of this project's pipeline with TINY_PARAMS (and `params`) applied."""
+class _IndentedDumper(yaml.SafeDumper):
+    """Lists indented under their key, as dvc.yaml is written (tests edit it as text)."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        return super().increase_indent(flow, False)
+
+
+def component_of(stage: dict) -> str:
+    """meta.component of a dvc.yaml stage entry (plain or foreach/matrix)."""
+    body = stage.get("do", stage)
+    return str((body.get("meta") or {}).get("component", ""))
+
+
+def keep_pipelines(root: Path, pipelines: tuple[str, ...]) -> None:
+    """Cut the copy at `root` down to the stages of `pipelines` (the component family before
+    the first dot: "text", "vision"), and prefect.yaml to the deployments named after them
+    ("text-nightly"): the orchestration tests exercise the spine on the text pipeline in
+    seconds, the vision pipeline has its own tests."""
+    dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
+    stages = dvc_yaml["stages"]
+    dropped = [n for n, st in stages.items() if component_of(st).split(".")[0] not in pipelines]
+    dvc_yaml["stages"] = {n: st for n, st in stages.items() if n not in dropped}
+
+    def of_dropped(path: str) -> bool:  # plots/autoencoder_kl.json, data/autoencoders/...
+        return any(part.startswith(n) for part in Path(path).parts for n in dropped)
+
+    def files(plot: str | dict) -> list[str]:
+        return [plot] if isinstance(plot, str) else list(next(iter(plot.values()))["y"])
+
+    dvc_yaml["plots"] = [p for p in dvc_yaml.get("plots", []) if not any(map(of_dropped, files(p)))]
+    text = yaml.dump(dvc_yaml, Dumper=_IndentedDumper, sort_keys=False, width=100)
+    (root / "dvc.yaml").write_text(text)
+    prefect_yaml = yaml.safe_load((root / "prefect.yaml").read_text())
+    prefect_yaml["deployments"] = [
+        d for d in prefect_yaml["deployments"] if d["name"].split("-")[0] in pipelines
+    ]
+    (root / "prefect.yaml").write_text(yaml.safe_dump(prefect_yaml, sort_keys=False))
+
+
+def make_project(
+    dst: Path, params: dict | None = None, pipelines: tuple[str, ...] = ("text",)
+) -> Path:
+    """A git + DVC copy of this project's `pipelines` (stages by component family) with
+    TINY_PARAMS (and `params`) applied."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = REPO / name
@@ -81,6 +123,7 @@ def make_project(dst: Path, params: dict | None = None) -> Path:
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy2(src, dst / name)
+    keep_pipelines(dst, pipelines)
     data = merge(
         yaml.safe_load((dst / "params.yaml").read_text()), merge(dict(TINY_PARAMS), params or {})
     )

@@ -1,0 +1,125 @@
+"""The vision pipeline through the real spine: `dvc repro` of images -> autoencoder@{kl_digits,
+kl_shapes,vq_digits} -> encode_latents at tiny sizes, each stage an MLflow run with live
+curves and images, the autoencoders registered and served; a bad input fails its stage with
+the file and key named and the last good outputs kept."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pytest
+import yaml
+
+from components.vision.data.store import read_images
+from flows import tracking
+from tests.conftest import dvc, loom, make_project
+
+NETWORK = {"channels": 8, "max_channels": 16, "norm_groups": 4, "downsample": 4}
+TRAIN = {"steps": 6, "batch_size": 16, "val_every": 3, "checkpoint_every": 3, "log_every": 1,
+         "warmup_steps": 0}  # fmt: skip
+EVAL = {"grid_images": 8, "prior_samples": 8, "metric_images": 16, "scale_images": 64}
+TINY_VISION = {
+    "images": {"digits": {"limit": 200}, "shapes": {"shapes": {"count": 120}}},
+    "autoencoder": {
+        name: {"network": NETWORK, "train": TRAIN, "eval": EVAL, "quantizer": {"codebook_size": 32}}
+        | ({"loss": {"disc_start": 3}} if name.startswith("kl") else {})
+        for name in ("kl_digits", "kl_shapes", "vq_digits")
+    },
+    "runtime": {"autoencoder": {"train": {"progress": False}}},
+}
+STAGES = [
+    "images@digits", "images@shapes",
+    "autoencoder@kl_digits", "autoencoder@kl_shapes", "autoencoder@vq_digits",
+    "encode_latents@kl_digits", "encode_latents@kl_shapes", "encode_latents@vq_digits",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    name = f"test-vision-{os.getpid()}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(tracking.EXPERIMENT_ENV, name)
+        root = make_project(tmp_path_factory.mktemp("vision") / "proj", TINY_VISION, ("vision",))
+        res = dvc(root, "repro", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    return root, runs
+
+
+def test_every_vision_stage_ran_as_a_tracked_run(built):
+    root, runs = built
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert set(STAGES) <= set(lock) and set(STAGES) <= set(runs)
+    metrics = yaml.safe_load((root / "metrics/autoencoder_kl_digits.json").read_text())
+    assert {"psnr", "ssim", "kl", "scale_factor"} <= set(metrics["autoencoder"])
+    assert (root / "data/autoencoders/kl_digits/prior_samples.png").is_file()
+    plots = yaml.safe_load((root / "plots/autoencoder_vq_digits.json").read_text())
+    assert [row["step"] for row in plots] == list(range(1, 7))
+    assert {"train/loss/autoencoder", "train/usage"} <= set(plots[0])
+    latents = yaml.safe_load((root / "metrics/encode_latents_kl_shapes.json").read_text())
+    assert latents["encode_latents"]["train_latent_std"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_curves_and_grids_reach_mlflow_at_every_validation(built):
+    _, runs = built
+    client = mlflow.MlflowClient()
+    run = runs["autoencoder@kl_digits"]
+    psnr = client.get_metric_history(run.info.run_id, "eval/psnr")
+    assert sorted(m.step for m in psnr) == [3, 6]
+    disc = client.get_metric_history(run.info.run_id, "train/loss/discriminator")
+    assert min(m.step for m in disc) == 4  # updates 0..2 ran before disc_start = 3
+    images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    assert any("reconstructions" in p for p in images) and any("prior_samples" in p for p in images)
+    vq = runs["autoencoder@vq_digits"]
+    assert 0 < vq.data.metrics["codebook_usage"] <= 1 and "kl" not in vq.data.metrics
+
+
+def test_autoencoders_are_registered_and_serve_latents(built):
+    root, runs = built
+    model = mlflow.pyfunc.load_model("models:/vision.autoencoder.kl_digits/latest")
+    images = read_images(root / "data/images/digits/val.parquet").images[:4]
+    latents = np.asarray(model.predict(images))
+    assert latents.shape == (4, 4, 8, 8) and np.isfinite(latents).all()
+    assert (
+        runs["autoencoder@vq_digits"]
+        .data.tags["loom.model.model"]
+        .startswith("models:/vision.autoencoder.vq_digits/")
+    )
+
+
+def test_loom_compare_shows_kl_and_vq_side_by_side(built):
+    root, runs = built
+    ids = [runs[s].info.run_id for s in ("autoencoder@kl_digits", "autoencoder@vq_digits")]
+    res = loom(root, "compare", *ids)
+    assert res.returncode == 0, res.stderr
+    for row in ("psnr", "codebook_usage", "kind"):
+        assert row in res.stdout
+
+
+def _digest(directory: Path) -> str:
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return hashlib.md5(b"".join(p.read_bytes() for p in files)).hexdigest()
+
+
+def test_a_dataset_smaller_than_a_batch_fails_naming_file_and_key_and_keeps_the_model(
+    built, tmp_path
+):
+    root = tmp_path / "proj"
+    shutil.copytree(built[0], root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["autoencoder"]["kl_digits"]["train"]["batch_size"] = 1024
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = _digest(root / "data/autoencoders/kl_digits")
+    res = loom(root, "stage", "autoencoder@kl_digits")
+    assert res.returncode == 1
+    assert "data/images/digits/train.parquet: " in res.stderr
+    assert "fewer than one batch (train.batch_size = 1024)" in res.stderr
+    assert _digest(root / "data/autoencoders/kl_digits") == before
