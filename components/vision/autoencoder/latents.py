@@ -104,8 +104,17 @@ def read_latents(directory: Path, split: str) -> LatentSplit:
     missing = {"latents", "ids"} - set(tensors)
     if missing:
         raise StageInputError(f"{tensors_path}: no tensors {sorted(missing)}")
+    latents, ids_tensor = tensors["latents"], tensors["ids"]
+    if latents.ndim != 4 or ids_tensor.shape != (latents.shape[0],):
+        raise StageInputError(
+            f"{tensors_path}: latents {tuple(latents.shape)} and ids {tuple(ids_tensor.shape)}: "
+            "expected [N, c, h, w] and [N]"
+        )
     rows_path = directory / f"{split}.parquet"
     with open_parquet(rows_path) as file:
+        absent = [name for name in SCHEMA.names if name not in file.schema_arrow.names]
+        if absent:
+            raise StageInputError(f"{rows_path}: no column(s) {absent}")
         batches = list(parquet_batches(file, rows_path))
         rows = pa.Table.from_batches(batches, schema=file.schema_arrow)
     ids = rows.column("id").to_pylist()

@@ -23,8 +23,9 @@ codebook alive.
   the codebook further.
 
 Under DDP the EMA statistics (n_k, Σ z_i) are summed over ranks, so every rank's update is the
-one a single process would make with the whole batch; the training engine broadcasts rank 0's
-buffers before each step, which carries its restarts to the other ranks.
+one a single process would make with the whole batch; the k-means centroids and the restart
+picks (drawn from each rank's own encoder outputs) are rank 0's, broadcast at once, so the
+codebook never differs between ranks, as a buffer (EMA) or as a parameter (ema: false).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class Quantized:
     loss: Tensor  # scalar: commitment (+ codebook loss without EMA)
     perplexity: Tensor  # scalar: exp(entropy) of this batch's code use
     usage: Tensor  # scalar: fraction of the K codes this batch used
+
+
+def _from_rank_zero(*tensors: Tensor) -> None:
+    """Under DDP, overwrite `tensors` in place with rank 0's (a collective: every rank calls
+    it at the same point of its training forward)."""
+    if dist.is_available() and dist.is_initialized():
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
 
 
 def code_statistics(codes: Tensor, codebook_size: int) -> tuple[float, float]:
@@ -185,6 +194,7 @@ class VectorQuantizer(nn.Module):
     def _kmeans_init(self, flat: Tensor) -> None:
         cfg = self.config
         centroids, counts = kmeans(flat.float(), cfg.codebook_size, cfg.kmeans_iters)
+        _from_rank_zero(centroids, counts)
         if cfg.l2_normalize:
             centroids = F.normalize(centroids, dim=1)
         self.codebook.data.copy_(centroids)
@@ -225,6 +235,7 @@ class VectorQuantizer(nn.Module):
         if n_dead == 0 or filled == 0:
             return
         picks = self.recent[torch.randint(filled, (n_dead,), device=self.recent.device)]
+        _from_rank_zero(picks)  # n_dead agrees across ranks: the counts are all-reduced
         if self.config.l2_normalize:
             picks = F.normalize(picks, dim=1)
         self.codebook.data[dead] = picks

@@ -66,12 +66,23 @@ class Autoencoder:
 
     @torch.no_grad()
     def encode(
-        self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """images float [B, C, H, W] in [-1, 1] -> scaled latents [B, c, H/f, W/f]: the
-        posterior mean (or a draw, `sample`) for kl, the quantized codes for vq."""
+        posterior mean (or a draw, `sample`, with `generator`; or mean + σ · `noise`, a
+        standard normal [B, c, h, w] drawn by the caller) for kl, the quantized codes for vq."""
         self._check_images(images)
-        return self.network.latents(images, sample, generator) * self.scale_factor
+        network = self.network
+        if noise is not None and isinstance(network, KLAutoencoder):
+            posterior = network.posterior(images)
+            z = posterior.mean + posterior.std * noise.to(posterior.mean)
+        else:
+            z = network.latents(images, sample, generator)
+        return z * self.scale_factor
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ import torch
 from components.vision.autoencoder.saved import Autoencoder
 from components.vision.autoencoder.task import to_float, to_uint8
 
+BATCH = 256  # images per forward pass: a large request does not need one huge activation
+
 
 class AutoencoderModel:
     def __init__(self, autoencoder: Autoencoder):
@@ -32,9 +34,10 @@ class AutoencoderModel:
         expected = (ae.image_size, ae.image_size, ae.image_channels)
         if array.ndim == 3 and ae.image_channels == 1:
             array = array[..., None]  # grey images given as [N, H, W]
-        if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+        if array.ndim != 4 or tuple(array.shape[1:]) != expected or array.shape[0] == 0:
             raise ValueError(
                 f"images of shape {array.shape}: expected [N, {', '.join(map(str, expected))}]"
+                ", N >= 1"
             )
         if array.dtype != np.uint8:
             if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
@@ -45,13 +48,23 @@ class AutoencoderModel:
     def predict(self, images: Any) -> np.ndarray:
         """uint8 images [N, H, W, C] -> scaled latents float32 [N, c, h, w] (posterior mean
         for kl, codes for vq)."""
-        x = to_float(self._images(images)).to(self.autoencoder.device)
-        return self.autoencoder.encode(x).cpu().numpy()
+        pixels = self._images(images)
+        device = self.autoencoder.device
+        parts = [
+            self.autoencoder.encode(to_float(pixels[i : i + BATCH].to(device))).cpu()
+            for i in range(0, pixels.shape[0], BATCH)
+        ]
+        return torch.cat(parts).numpy()
 
     def decode(self, latents: Any) -> np.ndarray:
         """Scaled latents [N, c, h, w] -> uint8 images [N, H, W, C]."""
-        z = torch.as_tensor(np.asarray(latents, dtype=np.float32)).to(self.autoencoder.device)
-        return to_uint8(self.autoencoder.decode(z)).permute(0, 2, 3, 1).cpu().numpy()
+        z = torch.as_tensor(np.asarray(latents, dtype=np.float32))
+        device = self.autoencoder.device
+        parts = [
+            to_uint8(self.autoencoder.decode(z[i : i + BATCH].to(device))).cpu()
+            for i in range(0, z.shape[0], BATCH)
+        ]
+        return torch.cat(parts).permute(0, 2, 3, 1).numpy()
 
 
 def load(directory: str | Path) -> AutoencoderModel:

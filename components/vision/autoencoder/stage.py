@@ -20,6 +20,7 @@ of `network.downsample`, a train set smaller than one batch or an empty val set 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -44,9 +45,21 @@ from components.vision.autoencoder.task import AutoencoderTask
 from components.vision.data.store import ImagesMeta, read_images, read_meta
 from components.vision.grid import png_bytes
 
+MIN_LATENT_STD = 1e-6
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 PRIOR_FILE = "prior_samples.png"
 PREVIEW_SEED = 0  # the prior grid's draws: the same latents at every validation
+SUBSET_SEED = 0  # which images the grids, eval metrics and scale factor use
+
+
+def subset(images: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` of `images` [N, ...] picked by a fixed seed, in their stored order: not the
+    first rows, which for a folder source (sorted by path) would be one class folder."""
+    if count >= images.shape[0]:
+        return images
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    picks = torch.randperm(images.shape[0], generator=generator)[:count].sort().values
+    return images[picks]
 
 
 def load_split(directory: Path, split: str) -> torch.Tensor:
@@ -86,8 +99,8 @@ def _run(config: AutoencoderConfig, io: StageIO) -> StageResult:
     check_inputs(config, source, meta)
     train_images, val_images = load_split(source, "train"), load_split(source, "val")
     evaluation = config.eval
-    grid_images = val_images[: evaluation.grid_images]
-    metric_images = val_images[: evaluation.metric_images]
+    grid_images = subset(val_images, evaluation.grid_images)
+    metric_images = subset(val_images, evaluation.metric_images)
     side = meta.size // config.network.downsample
     latent_shape = (config.network.latent_channels, side, side)
 
@@ -111,9 +124,14 @@ def _run(config: AutoencoderConfig, io: StageIO) -> StageResult:
     if not distributed.detect().is_main:
         return StageResult(datasets=datasets)
 
-    network = _network(result.ema if result.ema is not None else result.model)
-    mean, std = latent_statistics(network, train_images[: evaluation.scale_images])
-    autoencoder = Autoencoder(network, meta.size, 1.0 / max(std, 1e-8))
+    network = _network(result.ema if result.ema is not None else result.model).eval()
+    mean, std = latent_statistics(network, subset(train_images, evaluation.scale_images))
+    if not math.isfinite(std) or std < MIN_LATENT_STD:
+        raise ValueError(
+            f"{config.kind} autoencoder: training latents have std {std} (latent_std): the "
+            "training diverged or the latents collapsed; no scale factor 1 / std to store"
+        )
+    autoencoder = Autoencoder(network, meta.size, 1.0 / std)
     out = io.outputs["model"]
     autoencoder.save(out)
     artifacts = [Output("model", RECONSTRUCTIONS_FILE)]
@@ -151,7 +169,7 @@ STAGE = Stage(
         ServedModel(
             role="model",
             loader="components.vision.autoencoder.serve:load",  # predict(images) -> latents
-            requirements=("numpy", "safetensors", "torch"),
+            requirements=("numpy", "pyarrow", "safetensors", "torch", "tqdm"),
         ),
     ),
 )

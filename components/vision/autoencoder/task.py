@@ -8,7 +8,8 @@ its optimizer state) untouched before `disc_start`. `loss` returns {"autoencoder
 sees the reconstruction detached, the autoencoder's adversarial term goes through the
 discriminator without updating it.
 
-Batches are uint8 images [B, C, H, W], turned into floats in [-1, 1] by `collate`.
+Batches are uint8 images [B, C, H, W] (a quarter of float32's bytes to move to the device),
+turned into floats in [-1, 1] inside `loss`, on the device.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ class ImageTensors(Dataset):
 
 
 class AutoencoderWithCritic(nn.Module):
-    """What the engine trains: the autoencoder network and, optionally, its discriminator."""
+    """What the engine trains: the autoencoder network and, optionally, its discriminator.
+
+    It has no forward of its own (`loss` calls the two networks), so `compile` compiles each
+    of them in place: the engine's `compile` knob then reaches the modules that run."""
 
     def __init__(self, config: AutoencoderConfig, image_channels: int):
         super().__init__()
@@ -68,6 +72,11 @@ class AutoencoderWithCritic(nn.Module):
             if loss.discriminator
             else None
         )
+
+    def compile(self, *args, **kwargs) -> None:
+        self.autoencoder.compile(*args, **kwargs)
+        if self.discriminator is not None:
+            self.discriminator.compile(*args, **kwargs)
 
 
 class AutoencoderTask:
@@ -83,7 +92,7 @@ class AutoencoderTask:
         return AutoencoderWithCritic(self.config, self.image_channels)
 
     def collate(self, samples: list[Tensor]) -> Tensor:
-        return to_float(torch.stack(samples))
+        return torch.stack(samples)  # uint8: converted on the device, in `loss`
 
     def param_groups(self, model: AutoencoderWithCritic) -> list[ParamGroup]:
         groups = [ParamGroup("autoencoder", model.autoencoder.parameters())]
@@ -103,9 +112,11 @@ class AutoencoderTask:
     def loss(
         self, model: nn.Module, batch: Tensor, step: int = 0
     ) -> tuple[dict[str, Tensor], Mapping[str, float | Tensor]]:
-        """batch: float images [B, C, H, W] in [-1, 1] (`collate`); step: updates so far."""
+        """batch: uint8 images [B, C, H, W] (`collate`), or floats already in [-1, 1];
+        step: updates so far."""
         assert isinstance(model, AutoencoderWithCritic)
-        cfg, images = self.config.loss, batch
+        cfg = self.config.loss
+        images = to_float(batch) if batch.dtype == torch.uint8 else batch
         out = model.autoencoder(images)
         rec = reconstruction_loss(images, out.reconstruction, cfg.reconstruction)
         metrics: dict[str, float | Tensor] = {"rec": rec}

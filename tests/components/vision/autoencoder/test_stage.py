@@ -9,8 +9,9 @@ from components.stage import RecordingLogger, StageInputError, StageIO, StageLog
 from components.vision.autoencoder.encode_stage import STAGE as ENCODE
 from components.vision.autoencoder.latents import read_latents, read_meta
 from components.vision.autoencoder.saved import Autoencoder
+from components.vision.autoencoder.serve import load as load_served
 from components.vision.autoencoder.stage import STAGE as AUTOENCODER
-from components.vision.autoencoder.stage import load_split
+from components.vision.autoencoder.stage import load_split, subset
 from components.vision.autoencoder.task import to_float
 from components.vision.data.config import ImagesConfig
 from components.vision.data.stage import STAGE as IMAGES
@@ -64,7 +65,6 @@ def test_kl_stage_writes_the_model_grids_and_metrics(kl_model, digits):
     assert {"psnr", "ssim", "l1", "kl", "scale_factor", "latent_std"} <= set(metrics)
     assert "codebook_usage" not in metrics
     assert metrics["psnr"] > 8 and 0 < metrics["ssim"] <= 1 and metrics["steps"] == STEPS
-    assert metrics["scale_factor"] == pytest.approx(1 / metrics["latent_std"])
     # live: grids and eval metrics at every validation, loss terms at every report
     grids = {(name, step) for name, step, _ in log.images}
     assert grids == {(n, s) for n in ("reconstructions", "prior_samples") for s in (6, 12)}
@@ -75,19 +75,24 @@ def test_kl_stage_writes_the_model_grids_and_metrics(kl_model, digits):
     # the grid: 8 originals over their 8 reconstructions, 32 px cells with 2 px padding
     grid = decode_png((out / "reconstructions.png").read_bytes())
     assert grid.shape == (2 * 34 + 2, 8 * 34 + 2, 3)
-    originals = read_images(digits / "val.parquet").images[:8, :, :, 0]
-    assert (grid[2:34, 2:34, 0] == originals[0]).all()
+    originals = subset(load_split(digits, "val"), 8)  # the grid's val images, seeded
+    assert (grid[2:34, 2:34, 0] == originals[0, 0].numpy()).all()
 
 
 def test_saved_scale_factor_gives_unit_variance_latents(kl_model, digits):
     out, result, _ = kl_model
     autoencoder = Autoencoder.load(out)
     assert autoencoder.scale_factor == pytest.approx(result.metrics["scale_factor"])
-    images = to_float(load_split(digits, "train"))
-    generator = torch.Generator().manual_seed(1)
-    z = autoencoder.encode(images, sample=True, generator=generator)
+    images = to_float(load_split(digits, "train"))  # 128 images: all used for the scale
+    # the stage's draws (seed 0, one CPU batch), through the saved model: unit variance
+    mean = autoencoder.network.posterior(images).mean
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
+    z = autoencoder.encode(images, noise=noise)
     assert z.shape == (len(images), 4, 8, 8)
-    assert float(z.std()) == pytest.approx(1.0, abs=0.05)
+    assert float(z.double().std(correction=0)) == pytest.approx(1.0, abs=1e-5)
+    # a draw is not the mean: the posterior's own noise is in the latents the scale is for
+    means = autoencoder.encode(images)
+    assert not torch.allclose(z, means) and float(means.std()) < float(z.std())
 
 
 def test_encode_latents_writes_scaled_latents_with_their_captions(kl_model, digits, tmp_path):
@@ -106,14 +111,25 @@ def test_encode_latents_writes_scaled_latents_with_their_captions(kl_model, digi
     assert meta["latent_shape"] == [4, 8, 8] and meta["counts"]["val"] == len(
         read_images(digits / "val.parquet")
     )
-    # seeded: the same draws again
-    ENCODE.run(config, StageIO(io.inputs, {"latents": tmp_path / "again"}))
-    assert torch.equal(read_latents(tmp_path / "again", "train").latents, train.latents)
+    # seeded by (seed, image id): the same draws again, whatever the runtime batch size
+    small_batches = build(ENCODE.config, {"posterior": "sample", "seed": 0, "batch_size": 7})
+    ENCODE.run(small_batches, StageIO(io.inputs, {"latents": tmp_path / "again"}))
+    again = read_latents(tmp_path / "again", "train").latents  # the same up to conv rounding
+    assert torch.allclose(again, train.latents, atol=1e-5)
+    means = build(ENCODE.config, {"posterior": "mean"})
+    ENCODE.run(means, StageIO(io.inputs, {"latents": tmp_path / "means"}))
+    assert not torch.allclose(read_latents(tmp_path / "means", "train").latents, again)
 
 
 def test_vq_stage_reports_codebook_usage(digits, tmp_path):
-    result, log = _train(_config("vq"), digits, tmp_path / "vq")
+    config = _config("vq")
+    config.eval.metric_images = 1000  # the whole val set, as the final metrics
+    result, log = _train(config, digits, tmp_path / "vq")
     assert 0 < result.metrics["codebook_usage"] <= 1 and result.metrics["perplexity"] > 1
+    # measuring the trained model (scale factor, final metrics) does not update its codebook
+    last = {name: curve[-1] for name, curve in log.series().items()}
+    for name in ("psnr", "codebook_usage", "perplexity"):
+        assert last[f"eval/{name}"] == (STEPS, pytest.approx(result.metrics[name], abs=1e-9))
     assert "kl" not in result.metrics
     assert {name for name, _, _ in log.images} == {"reconstructions"}
     assert not (tmp_path / "vq" / "prior_samples.png").exists()
@@ -171,3 +187,27 @@ def test_encode_latents_rejects_images_the_model_was_not_trained_on(kl_model, tm
     with pytest.raises(StageInputError, match=r"3 channel\(s\), but the autoencoder in .* was "
                        r"trained on side 32 with 1"):  # fmt: skip
         ENCODE.run(build(ENCODE.config, {}), io)
+
+
+def test_no_validation_images_fails_naming_the_file(tmp_path):
+    source = tmp_path / "images"
+    config = build(ImagesConfig, {"source": "digits", "limit": 40, "val_fraction": 0.001})
+    IMAGES.run(config, StageIO({}, {"images": source}))
+    with pytest.raises(StageInputError, match=r"val\.parquet: no validation images"):
+        _train(_config("kl"), source, tmp_path / "model")
+
+
+def test_served_model_takes_what_a_model_server_sends(kl_model, digits):
+    served = load_served(kl_model[0])
+    images = read_images(digits / "val.parquet").images[:3]  # uint8 [3, 32, 32, 1]
+    latents = served.predict(images)
+    assert latents.shape == (3, 4, 8, 8) and latents.dtype == "float32"
+    pixels = to_float(torch.from_numpy(images).permute(0, 3, 1, 2))
+    expected = Autoencoder.load(kl_model[0]).encode(pixels)
+    assert torch.allclose(torch.from_numpy(latents), expected)
+    assert (served.predict(images[..., 0].tolist()) == latents).all()  # lists, grey [N, H, W]
+    assert served.decode(latents).shape == (3, 32, 32, 1)
+    with pytest.raises(ValueError, match=r"expected \[N, 32, 32, 1\]"):
+        served.predict(images[:, :16])
+    with pytest.raises(ValueError, match="expected uint8 pixels 0-255"):
+        served.predict(images.astype("int64") + 300)
