@@ -221,12 +221,13 @@ def stage_named(repo: Repo, name: str) -> DvcStage:
     return found[0]
 
 
-def load_spec(root: Path, name: str, attempts: int = 5) -> StageSpec:
+def load_spec(root: Path, name: str, attempts: int = 20) -> StageSpec:
     """The resolved spec of stage `name` (e.g. "bpe@small"), without its upstream.
 
     DVC rewrites dvc.lock in place when `loom run` commits a finished stage; a stage process
     starting at that moment (`--jobs 2`) may read it half-written. That is retried; a lock
-    file still invalid after a second is reported as DVC reports it.
+    file still invalid after five seconds is reported as DVC reports it (one second was too
+    short on a 2-core machine under load: a CI run read it half-written for longer).
     """
     from dvc.exceptions import DvcException
 

@@ -18,8 +18,11 @@ computed without the N×S weights: non-causal as φ(Q)(φ(K)ᵀV) / φ(Q)Σφ(K)
 Masks: `key_padding_mask` is bool [B, S], True = padded (that key is ignored), as in
 `torch.nn.MultiheadAttention`. `causal` lets query i see keys j <= i; it is for self-attention
 only, so keys and values must be the queries' own sequence (S = N, positions may be added to
-the keys), and a key of another length raises. A query that sees no key at all (every key
-padded) gets a zero output, for both kinds.
+the keys), and a key of another length raises. `attn_mask` (softmax only) is bool [N, S] or
+[B, N, S], True = blocked: query i may not see key j (DN-DETR's denoising groups); it combines
+with the other two by "blocked if any says so". Linear attention has no N×S weights to mask and
+raises on it. A query that sees no key at all (every key padded or blocked) gets a zero output,
+for both kinds.
 """
 
 from __future__ import annotations
@@ -83,10 +86,11 @@ class MultiHeadAttention(nn.Module):
         key: Tensor | None = None,
         value: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """query [B, N, dim]; key [B, S, kdim] or None (the query: self-attention, S = N);
-        value [B, S, vdim] or None (the key); key_padding_mask bool [B, S], True = padded.
-        Returns [B, N, dim]."""
+        value [B, S, vdim] or None (the key); key_padding_mask bool [B, S], True = padded;
+        attn_mask bool [N, S] or [B, N, S], True = blocked (softmax only). Returns [B, N, dim]."""
         cfg = self.config
         key = query if key is None else key
         value = key if value is None else value
@@ -97,10 +101,17 @@ class MultiHeadAttention(nn.Module):
                 f"causal attention is self-attention: {key.shape[1]} keys for "
                 f"{query.shape[1]} queries (keys and values must be the queries' sequence)"
             )
+        if attn_mask is not None and cfg.kind != "softmax":
+            raise ValueError(
+                "attn_mask needs attention: softmax (linear attention never forms the N×S "
+                "weights a mask would block)"
+            )
         q, k, v = map(self._split_heads, (self.to_q(query), self.to_k(key), self.to_v(value)))
         if cfg.kind == "softmax":
             p = cfg.dropout if self.training else 0.0
-            out = softmax_attention(q, k, v, cfg.causal, key_padding_mask, dropout_p=p)
+            out = softmax_attention(
+                q, k, v, cfg.causal, key_padding_mask, dropout_p=p, attn_mask=attn_mask
+            )
         else:
             out = linear_attention(q, k, v, cfg.causal, key_padding_mask, cfg.chunk_size, cfg.eps)
         b, h, n, d = out.shape
@@ -119,21 +130,41 @@ def softmax_attention(
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
     dropout_p: float = 0.0,
+    attn_mask: Tensor | None = None,
 ) -> Tensor:
     """softmax(QKᵀ/√D + mask) V through SDPA. q [B, H, N, D], k [B, H, S, D], v [B, H, S, Dv],
-    key_padding_mask bool [B, S] (True = padded) -> [B, H, N, Dv]."""
-    if key_padding_mask is None:
+    key_padding_mask bool [B, S] (True = padded), attn_mask bool [N, S] or [B, N, S] (True =
+    blocked) -> [B, H, N, Dv]. A query row with no key left to see returns zeros."""
+    if key_padding_mask is None and attn_mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
-    allowed = ~key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
+    n, s = q.shape[-2], k.shape[-2]
+    # SDPA's boolean mask says where to attend, so every "blocked" mask enters inverted.
+    allowed = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=q.device)
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
+    if attn_mask is not None:
+        allowed = allowed & ~_heads_broadcast(attn_mask, q.shape[0], n, s)  # [B or 1, 1, N, S]
     if causal:
-        n, s = q.shape[-2], k.shape[-2]
         allowed = allowed & torch.ones(n, s, dtype=torch.bool, device=q.device).tril()
     # A query row with no allowed key would softmax to NaN: let it see everything, then zero it.
-    sees_a_key = allowed.any(dim=-1, keepdim=True)  # [B, 1, N or 1, 1]
+    sees_a_key = allowed.any(dim=-1, keepdim=True)  # [B or 1, 1, N or 1, 1]
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=allowed | ~sees_a_key, dropout_p=dropout_p
     )
     return out.masked_fill(~sees_a_key, 0.0)
+
+
+def _heads_broadcast(attn_mask: Tensor, batch: int, n: int, s: int) -> Tensor:
+    """Checked attn_mask bool [N, S] or [B, N, S] -> [1 or B, 1, N, S] (one mask for all heads)."""
+    if attn_mask.dtype != torch.bool:
+        # A float mask would be an additive bias: inverting it as booleans would be wrong.
+        raise ValueError(f"attn_mask must be bool (True = blocked), got {attn_mask.dtype}")
+    if attn_mask.shape not in ((n, s), (batch, n, s)):
+        raise ValueError(
+            f"attn_mask of shape {tuple(attn_mask.shape)} for {n} queries and {s} keys "
+            f"(batch {batch}): expected [{n}, {s}] or [{batch}, {n}, {s}]"
+        )
+    return attn_mask.reshape(-1, 1, n, s)
 
 
 def elu_feature_map(x: Tensor) -> Tensor:

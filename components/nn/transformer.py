@@ -14,8 +14,10 @@ Positions come in two ways. `position` (config) is added once to the input seque
 keys but not to the values, as in DETR (Carion et al. 2020): the image features' 2-D
 positions (`pos`, e.g. `SinePosition2d`) and the learned object queries (`query_pos`) steer
 where each layer looks without being mixed into what it passes on. For DETR set
-`decoder_causal: false`, so the object queries attend to each other freely. For cross-attention
-to a context of another width (a text encoder's, in latent diffusion) set `context_dim`.
+`decoder_causal: false`, so the object queries attend to each other freely; `self_attn_mask`
+(a decoder forward argument) blocks chosen query pairs instead, as DN-DETR's denoising groups
+need. For cross-attention to a context of another width (a text encoder's, in latent
+diffusion) set `context_dim`.
 
 Gradient checkpointing (`gradient_checkpointing: true`): in training with grad enabled, each
 block runs under `torch.utils.checkpoint.checkpoint(use_reentrant=False)`, which keeps only
@@ -165,14 +167,18 @@ class DecoderBlock(nn.Module):
         context_padding_mask: Tensor | None = None,
         query_pos: Tensor | None = None,
         pos: Tensor | None = None,
+        self_attn_mask: Tensor | None = None,
     ) -> Tensor:
         """x [B, N, dim], context [B, S, context_dim]; masks bool [B, N] and [B, S], True =
         padded; query_pos [B, N, dim] or [N, dim] (added to the queries of both attentions and
         the keys of self-attention), pos [B, S, context_dim] or [S, context_dim] (added to the
-        context's keys). Returns [B, N, dim]."""
+        context's keys); self_attn_mask bool [N, N] or [B, N, N], True = query i may not see
+        query j, for the self-attention only (softmax). Returns [B, N, dim]."""
         h = self.norm_self(x)
         qk = _with_pos(h, query_pos)
-        x = x + self.self_attn(qk, qk, h, key_padding_mask=key_padding_mask)
+        x = x + self.self_attn(
+            qk, qk, h, key_padding_mask=key_padding_mask, attn_mask=self_attn_mask
+        )
         h = _with_pos(self.norm_cross(x), query_pos)
         x = x + self.cross_attn(
             h, _with_pos(context, pos), context, key_padding_mask=context_padding_mask
@@ -241,8 +247,12 @@ class TransformerDecoder(_Stack):
         context_padding_mask: Tensor | None = None,
         query_pos: Tensor | None = None,
         pos: Tensor | None = None,
+        self_attn_mask: Tensor | None = None,
     ) -> Tensor:
         """x [B, N, dim], context [B, S, context_dim] (e.g. encoder output); masks bool [B, N]
         and [B, S], True = padded; query_pos [B, N, dim] or [N, dim], pos [B, S, context_dim]
-        or [S, context_dim], added in every block as in `DecoderBlock`. Returns [B, N, dim]."""
-        return self._run(x, context, key_padding_mask, context_padding_mask, query_pos, pos)
+        or [S, context_dim], self_attn_mask bool [N, N] or [B, N, N] (True = blocked), used in
+        every block as in `DecoderBlock`. Returns [B, N, dim]."""
+        return self._run(
+            x, context, key_padding_mask, context_padding_mask, query_pos, pos, self_attn_mask
+        )
