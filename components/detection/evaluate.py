@@ -1,8 +1,8 @@
 """COCO evaluation by pycocotools' `COCOeval`: AP, AP50, AP75, AP small/medium/large, AR@1/10/100.
 
-Ground truth and detections are built in memory as COCO dicts (boxes xywh in pixels, category
-ids as given), so the figures are exactly those a COCO user computes from the files:
-`results_json` is what `COCO.loadRes` reads.
+Ground truth and detections are built in memory as COCO dicts (boxes xywh in pixels; category
+id = label + 1, as the data sets' instances JSON numbers them), so the figures are exactly
+those a COCO user computes from the files: `results_json` is what `COCO.loadRes` reads.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def ground_truth(records: Sequence[DetectionRecord], classes: Sequence[str]) -> 
         for box, label in zip(record.boxes.tolist(), record.labels.tolist(), strict=True):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": int(record.image_id),
-                "category_id": int(label), "bbox": [float(v) for v in box],
+                "category_id": int(label) + 1, "bbox": [float(v) for v in box],
                 "area": float(box[2] * box[3]), "iscrowd": 0,
             })  # fmt: skip
-    categories = [{"id": i, "name": name} for i, name in enumerate(classes)]
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
@@ -46,7 +46,7 @@ def results_json(image_ids: Sequence[int], detections: Sequence[Detections]) -> 
             found.scores.tolist(), found.labels.tolist(), found.boxes.tolist(), strict=True
         ):
             x0, y0, x1, y1 = box
-            out.append({"image_id": int(image_id), "category_id": int(label),
+            out.append({"image_id": int(image_id), "category_id": int(label) + 1,
                         "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})  # fmt: skip
     return out
 

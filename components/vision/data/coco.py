@@ -28,8 +28,8 @@ from typing import Any
 @dataclass(frozen=True)
 class CocoObject:
     label: int  # 0-based class id; category_id = label + 1
-    bbox: tuple[int, int, int, int]  # x, y, w, h in pixels
-    area: int
+    bbox: tuple[float, float, float, float]  # x, y, w, h in pixels
+    area: float
     attributes: dict[str, str] = field(default_factory=dict)
 
 
