@@ -115,6 +115,7 @@ class DetectorConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     backbone_lr_scale: float = 0.1  # the backbone's LR = schedule x this (DETR's 1e-5 / 1e-4)
     top_k: int = 100  # detections kept per image (no NMS)
+    eval_images: int = 128  # val images scored by COCOeval at every validation (live AP)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(lr=1e-4, weight_decay=1e-4, clip_grad_norm=0.1)
     )
@@ -124,3 +125,4 @@ class DetectorConfig:
         require(isinstance(scale, (int, float)) and scale > 0, "backbone_lr_scale", scale,
                 "a float > 0")  # fmt: skip
         require(_positive_int(self.top_k), "top_k", self.top_k, "an int >= 1")
+        require(_positive_int(self.eval_images), "eval_images", self.eval_images, "an int >= 1")

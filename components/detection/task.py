@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from components.detection.config import DetectorConfig
 from components.detection.criterion import SetCriterion
@@ -64,8 +65,9 @@ class DetrTask:
         val: Sequence[DetectionRecord] = (),
     ):
         self.config, self.num_classes = config, num_classes
-        self.train_data = DetectionDataset(train, augment=augmentation(config))
-        self.val_data = DetectionDataset(val) if val else None
+        # typed as the engine's Task protocol declares them (mutable attributes: invariant)
+        self.train_data: Dataset = DetectionDataset(train, augment=augmentation(config))
+        self.val_data: Dataset | None = DetectionDataset(val) if val else None
         self.criterion = criterion(config, num_classes)
 
     def model(self) -> Detr:
