@@ -107,3 +107,20 @@ def read_tensors(directory: str | Path, names: Sequence[str]) -> dict[str, torch
     if missing:
         raise StageInputError(f"{path}: missing tensors {missing} (has {sorted(tensors)})")
     return tensors
+
+
+def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict as `save` writes it: detached, contiguous CPU tensors."""
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def load_module(directory: str | Path, module: torch.nn.Module) -> None:
+    """Load `directory/model.safetensors` into `module` (built from its config.json);
+    `StageInputError` naming the file if a tensor is missing or does not fit."""
+    state = read_tensors(directory, list(module.state_dict()))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise StageInputError(
+            f"{Path(directory) / TENSORS_FILE}: weights do not fit the config: {err}"
+        ) from None

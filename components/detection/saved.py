@@ -75,7 +75,7 @@ class Detector:
             "image_size": self.image_size,
             "top_k": self.top_k,
         }
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        state = artifact.module_state(self.network)
         return artifact.save(directory, KIND, VERSION, fields, state)
 
     @classmethod
@@ -89,11 +89,5 @@ class Detector:
             image_size, top_k = int(fields["image_size"]), int(fields["top_k"])
         except (KeyError, TypeError, ValueError) as err:
             raise StageInputError(f"{where}: not a valid detector config: {err}") from None
-        state = artifact.read_tensors(directory, list(network.state_dict()))
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as err:
-            raise StageInputError(
-                f"{Path(directory) / artifact.TENSORS_FILE}: weights do not fit the config: {err}"
-            ) from None
+        artifact.load_module(directory, network)
         return cls(network.to(device), classes, image_size, top_k)

@@ -120,8 +120,7 @@ class Autoencoder:
             "scale_factor": self.scale_factor,
             "latent_shape": list(self.latent_shape),
         }
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        return artifact.save(directory, KIND, VERSION, fields, state)
+        return artifact.save(directory, KIND, VERSION, fields, artifact.module_state(net))
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
@@ -136,11 +135,5 @@ class Autoencoder:
             image_size, scale = int(fields["image_size"]), float(fields["scale_factor"])
         except (KeyError, TypeError, ValueError) as err:
             raise StageInputError(f"{where}: not a valid autoencoder config: {err}") from None
-        state = artifact.read_tensors(directory, list(network.state_dict()))
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as err:
-            raise StageInputError(
-                f"{Path(directory) / artifact.TENSORS_FILE}: weights do not fit the config: {err}"
-            ) from None
+        artifact.load_module(directory, network)
         return cls(network, image_size, scale).to(device)
