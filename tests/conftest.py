@@ -157,6 +157,25 @@ def make_project(
     return dst
 
 
+def reproduced_pipeline(tmp_path_factory, pipeline: str, params: dict) -> tuple[Path, dict]:
+    """A copy of `pipeline` (TINY_PARAMS + `params`) on which `dvc repro` ran, in an MLflow
+    experiment of its own: (root, {run name: its MLflow run})."""
+    import mlflow
+
+    from flows import tracking
+
+    name = f"test-{pipeline}-{os.getpid()}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(tracking.EXPERIMENT_ENV, name)
+        root = make_project(tmp_path_factory.mktemp(pipeline) / "proj", params, (pipeline,))
+        res = dvc(root, "repro", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    return root, runs
+
+
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=root, check=check, capture_output=True, text=True

@@ -3,16 +3,13 @@ tiny sizes, tracked in MLflow with live COCO AP, the detector registered and ser
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import mlflow.pyfunc
 import pytest
 import yaml
 
 from components.detection.stage import load_records
-from flows import tracking
-from tests.conftest import dvc, make_project
+from tests.conftest import reproduced_pipeline
 
 TINY_DETECTION = {
     "detection_data": {"shapes": {"count": 60, "size": 48}},
@@ -29,17 +26,7 @@ TINY_DETECTION = {
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    name = f"test-detection-{os.getpid()}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(tracking.EXPERIMENT_ENV, name)
-        parent = tmp_path_factory.mktemp("detection")
-        root = make_project(parent / "proj", TINY_DETECTION, ("detection",))
-        res = dvc(root, "repro", check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    return root, runs
+    return reproduced_pipeline(tmp_path_factory, "detection", TINY_DETECTION)
 
 
 def test_detector_runs_with_live_ap_and_is_served(built):

@@ -6,7 +6,6 @@ the file and key named and the last good outputs kept."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from components.vision.autoencoder.latents import read_latents
 from components.vision.autoencoder.saved import Autoencoder
 from components.vision.autoencoder.task import to_float
 from components.vision.data.store import read_images
-from flows import tracking
-from tests.conftest import dvc, loom, make_project
+from tests.conftest import loom, reproduced_pipeline
 
 NETWORK = {"channels": 8, "max_channels": 16, "norm_groups": 4, "downsample": 4}
 TRAIN = {"steps": 6, "batch_size": 16, "val_every": 3, "checkpoint_every": 3, "log_every": 1,
@@ -46,16 +44,7 @@ STAGES = [
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    name = f"test-vision-{os.getpid()}"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(tracking.EXPERIMENT_ENV, name)
-        root = make_project(tmp_path_factory.mktemp("vision") / "proj", TINY_VISION, ("vision",))
-        res = dvc(root, "repro", check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    return root, runs
+    return reproduced_pipeline(tmp_path_factory, "vision", TINY_VISION)
 
 
 def test_every_vision_stage_ran_as_a_tracked_run(built):
