@@ -176,6 +176,24 @@ def reproduced_pipeline(tmp_path_factory, pipeline: str, params: dict) -> tuple[
     return root, runs
 
 
+def flow_run_logs(flow_run_id: str) -> list:
+    """Every log of the flow run, oldest first, through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+                offset=len(logs),
+            )
+            logs += page
+            if len(page) < 200:
+                return logs
+
+
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=root, check=check, capture_output=True, text=True

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from flows import services
-from tests.conftest import ALL_STAGES, dvc, git, loom, make_project
+from tests.conftest import ALL_STAGES, dvc, flow_run_logs, git, loom, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +51,8 @@ def _env(stack_env: dict[str, str], remote: Path) -> dict[str, str]:
         **stack_env,
         "LOOM_DVC_REMOTE": str(remote),
         "LOOM_EXPERIMENT": "deployed",
+        # the workers' resumable stage work, off the home directory
+        "LOOM_WORK_DIR": str(remote.parent / "work"),
     }
 
 
@@ -83,7 +85,9 @@ def test_deployment_runs_on_a_worker_with_lineage_and_remote(stack, tmp_path):
                 time.sleep(2)
             assert scheduled and all(r.expected_start_time.hour == 2 for r in scheduled)
         run = run_deployment("loom-pipeline/text-nightly", timeout=600, poll_interval=2)
-    assert run.state.is_completed(), run.state
+        if not run.state.is_completed():  # the stage's own output says why; the state is cut short
+            logs = "\n".join(log.message for log in flow_run_logs(str(run.id))[-60:])
+            pytest.fail(f"{run.state.message}\n--- last flow-run logs ---\n{logs}")
 
     client = mlflow.MlflowClient(stack_env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("deployed")

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from flows import cli, pipeline, plan
-from tests.conftest import ALL_STAGES, make_project
+from tests.conftest import ALL_STAGES, flow_run_logs, make_project
 from tests.flows.test_pipeline import add_stage
 
 pytestmark = pytest.mark.slow
@@ -151,24 +151,6 @@ def task_runs(flow_run_id: str) -> dict[str, object]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     return {tr.name: tr for tr in found}
-
-
-def flow_run_logs(flow_run_id: str) -> list:
-    """Every log of the flow run, oldest first, through the API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    logs: list = []
-    with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_logs(
-                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                limit=200,
-                offset=len(logs),
-            )
-            logs += page
-            if len(page) < 200:
-                return logs
 
 
 def test_task_graph_is_the_dvc_graph(forced):
