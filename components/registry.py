@@ -21,6 +21,7 @@ COMPONENTS: dict[str, str] = {
     "vision.encode_latents": "components.vision.autoencoder.encode_stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
+    "detection.evaluate": "components.detection.evaluation.stage",
 }
 
 

@@ -22,9 +22,8 @@ import torch
 from components.detection.config import DetectorConfig
 from components.detection.data.dataset import (
     DetectionDataset,
-    DetectionRecord,
     collate,
-    records_from_table,
+    read_split,
 )
 from components.detection.evaluate import coco_metrics, ground_truth, results_json
 from components.detection.model import Detr
@@ -41,14 +40,9 @@ from components.stage import (
     StageResult,
 )
 from components.train import distributed, train
-from components.vision.data.store import read_images, read_meta
+from components.vision.data.store import read_meta
 
 EVAL_BATCH = 32
-
-
-def load_records(directory: Path, split: str) -> list[DetectionRecord]:
-    path = directory / f"{split}.parquet"
-    return records_from_table(read_images(path), where=str(path))
 
 
 def check_inputs(config: DetectorConfig, directory: Path, train, val) -> None:
@@ -97,7 +91,7 @@ def coco_scores(network: Detr, records, classes, top_k: int) -> dict[str, float]
 def _run(config: DetectorConfig, io: StageIO) -> StageResult:
     source = io.inputs["images"]
     meta = read_meta(source)
-    train_records, val_records = load_records(source, "train"), load_records(source, "val")
+    train_records, val_records = read_split(source, "train"), read_split(source, "val")
     check_inputs(config, source, train_records, val_records)
     classes = meta.classes
     eval_records = val_records[: config.eval_images]

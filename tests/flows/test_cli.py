@@ -95,8 +95,8 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             ["-S", "nosuch.key=1"],
             "loom run: error: override 'nosuch.key': params.yaml: no key 'nosuch' (no 'nosuch' "
             "under the top level; have ['autoencoder', 'bpe', 'corpus', 'detection_data', "
-            "'detector', 'embedding_eval', 'encode_latents', 'images', 'loom', 'runtime', "
-            "'stdlib_text', 'tokenize', 'word2vec'])",
+            "'detector', 'embedding_eval', 'encode_latents', 'evaluate_detector', 'images', "
+            "'loom', 'runtime', 'stdlib_text', 'tokenize', 'word2vec'])",
         ),
         (
             ["-S", "word2vec.dimm=300"],
@@ -129,8 +129,9 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             ["-P", "typo.yaml"],
             "loom run: error: typo.yaml: params overlay (-P): override 'embeding_eval': no "
             "such key in params.yaml (the top level has ['autoencoder', 'bpe', 'corpus', "
-            "'detection_data', 'detector', 'embedding_eval', 'encode_latents', 'images', "
-            "'loom', 'runtime', 'stdlib_text', 'tokenize', 'word2vec'])",
+            "'detection_data', 'detector', 'embedding_eval', 'encode_latents', "
+            "'evaluate_detector', 'images', 'loom', 'runtime', 'stdlib_text', 'tokenize', "
+            "'word2vec'])",
         ),
     ],
 )

@@ -8,7 +8,7 @@ import mlflow.pyfunc
 import pytest
 import yaml
 
-from components.detection.stage import load_records
+from components.detection.data.dataset import read_split
 from tests.conftest import reproduced_pipeline
 
 TINY_DETECTION = {
@@ -32,13 +32,31 @@ def built(tmp_path_factory):
 def test_detector_runs_with_live_ap_and_is_served(built):
     root, runs = built
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert {"detection_data@shapes", "detector@shapes"} <= set(lock)
+    assert {"detection_data@shapes", "detector@shapes", "evaluate_detector@shapes"} <= set(lock)
     metrics = yaml.safe_load((root / "metrics/detector_shapes.json").read_text())
     assert {"ap", "ap50", "ar100"} <= set(metrics["detector"])
     client = mlflow.MlflowClient()
     run = runs["detector@shapes"]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/ap50")) == [3, 6]
     model = mlflow.pyfunc.load_model("models:/detection.detector.shapes/latest")
-    image = load_records(root / "data/detection/shapes", "val")[0].image
+    image = read_split(root / "data/detection/shapes", "val")[0].image
     (answer,) = model.predict([image])
     assert len(answer) == 6 and {"label", "score", "bbox", "category_id"} <= set(answer[0])
+
+
+def test_evaluation_reports_cocoeval_to_dvc_and_mlflow(built):
+    root, runs = built
+    report = root / "reports/detection/shapes"
+    assert {"results.json", "pr_curve.json", "pr_curve.png", "detections.png"} <= {
+        p.name for p in report.iterdir()
+    }
+    metrics = yaml.safe_load((root / "metrics/evaluate_detector_shapes.json").read_text())
+    figures = metrics["evaluate_detector"]
+    assert {"ap", "ap50", "ap75", "ap_small", "ar1", "ar10", "ar100"} <= set(figures)
+    run = runs["evaluate_detector@shapes"]
+    assert run.data.metrics["ap50"] == pytest.approx(figures["ap50"])
+    # the evaluation is linked to the detector it scored (found by the model's DVC md5)
+    assert run.data.tags["loom.evaluated_model"].startswith("models:/detection.detector.shapes/")
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"pr_curve.png", "detections.png", "results.json"} <= artifacts

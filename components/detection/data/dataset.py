@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -34,7 +35,7 @@ from components.detection.boxes import xywh_to_xyxy, xyxy_to_cxcywh
 from components.detection.data.augment import Augmentation
 from components.detection.data.synthetic import DetectionImage
 from components.stage import StageInputError
-from components.vision.data.store import ImageTable
+from components.vision.data.store import ImageTable, read_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +78,12 @@ def records_from_table(table: ImageTable, where: str = "images") -> list[Detecti
         boxes = np.array([o["bbox"] for o in objects], np.float32).reshape(-1, 4)
         records.append(DetectionRecord(int(image_id), image, boxes, np.array(labels, np.int64)))
     return records
+
+
+def read_split(directory: Path, split: str) -> list[DetectionRecord]:
+    """The records of `directory / {split}.parquet` (a store written with objects)."""
+    path = Path(directory) / f"{split}.parquet"
+    return records_from_table(read_images(path), where=str(path))
 
 
 class DetectionDataset(Dataset[tuple[Tensor, Target]]):

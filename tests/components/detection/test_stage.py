@@ -5,11 +5,11 @@ import torch
 
 from components.config import build
 from components.detection.data.config import DetectionDataConfig
+from components.detection.data.dataset import read_split
 from components.detection.data.stage import STAGE as DATA
 from components.detection.saved import Detector
 from components.detection.serve import load as load_served
 from components.detection.stage import STAGE as DETECTOR
-from components.detection.stage import load_records
 from components.stage import RecordingLogger, StageInputError, StageIO, StageLogger
 
 STEPS = 8
@@ -54,7 +54,7 @@ def test_stage_trains_saves_and_reports_coco_metrics(trained, shapes):
     assert [s for s, _ in curves["eval/ap50"]] == [4, 8]
     assert {"train/loss_ce", "train/loss_giou", "train/loss_ce_dn"} <= set(curves)
     detector = Detector.load(out)
-    val = load_records(shapes, "val")
+    val = read_split(shapes, "val")
     found = detector.detect([r.image for r in val[:3]])
     assert len(found) == 3 and found[0].boxes.shape[1] == 4
     assert (found[0].scores[:-1] >= found[0].scores[1:]).all()  # best first
@@ -62,7 +62,7 @@ def test_stage_trains_saves_and_reports_coco_metrics(trained, shapes):
 
 def test_served_model_answers_coco_style(trained, shapes):
     served = load_served(trained[0])
-    image = load_records(shapes, "val")[0].image
+    image = read_split(shapes, "val")[0].image
     (answer,) = served.predict([image.tolist()])
     assert answer and set(answer[0]) == {"label", "category_id", "score", "bbox"}
     assert answer[0]["label"] in Detector.load(trained[0]).classes

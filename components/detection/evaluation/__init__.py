@@ -1,0 +1,1 @@
+"""Evaluation of a trained detector: COCOeval metrics, precision-recall curves, drawn boxes."""
