@@ -117,10 +117,23 @@ def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_module(directory: str | Path, module: torch.nn.Module) -> None:
     """Load `directory/model.safetensors` into `module` (built from its config.json);
     `StageInputError` naming the file if a tensor is missing or does not fit."""
-    state = read_tensors(directory, list(module.state_dict()))
+    expected = module.state_dict()
+    state = read_tensors(directory, list(expected))
+    misfits = [
+        f"{name} {tuple(state[name].shape)} for {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in state and state[name].shape != tensor.shape
+    ]
+    if misfits:  # one line, not torch's page of them
+        more = f" and {len(misfits) - 3} more" if len(misfits) > 3 else ""
+        raise StageInputError(
+            f"{Path(directory) / TENSORS_FILE}: weights do not fit the config: "
+            f"{'; '.join(misfits[:3])}{more}"
+        )
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
+        detail = " ".join(str(err).split())
         raise StageInputError(
-            f"{Path(directory) / TENSORS_FILE}: weights do not fit the config: {err}"
+            f"{Path(directory) / TENSORS_FILE}: weights do not fit the config: {detail}"
         ) from None

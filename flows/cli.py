@@ -255,6 +255,21 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from flows import detect, tracking
+
+    try:
+        found = detect.detect(args.images, args.out, args.run, args.model, args.threshold)
+    except (detect.DetectError, tracking.TrackingError) as err:
+        print(f"loom detect: error: {err}", file=sys.stderr)
+        return 1
+    for path, rows in zip(args.images, found, strict=True):
+        listed = ", ".join(f"{r['label']} {r['score']:.2f}" for r in rows) or "nothing"
+        print(f"{path}: {len(rows)} object(s): {listed}")
+    print(f"loom detect: detections.json, images.json and {len(found)} PNG(s) in {args.out}")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from flows import project, tracking
 
@@ -442,6 +457,34 @@ def parser() -> argparse.ArgumentParser:
     _completes(pl.add_argument("stages", nargs="*", help="only these stages' outputs"), "stage")
     pl.add_argument("--run", help="MLflow id of the pipeline (parent) run")
     pl.set_defaults(func=_cmd_pull)
+
+    dt = sub.add_parser(
+        "detect",
+        help="run a trained detector on image files: COCO-format JSON and drawn PNGs",
+        description="Detect objects in IMAGEs with a trained detector: the project's own "
+        "(when it has one), the one an MLflow run registered (--run), or a directory (--model). "
+        "Writes detections.json (COCO results), images.json and a drawn PNG per image.",
+    )
+    _completes(
+        dt.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG files"),
+        "file",
+    )
+    dt.add_argument("--run", metavar="ID", help="a detector@... stage run (id or 6+ hex prefix)")
+    _completes(
+        dt.add_argument("--model", type=Path, metavar="DIR", help="a detector directory"),
+        "directory",
+    )
+    dt.add_argument(
+        "--threshold", type=float, default=0.5, help="score a detection needs (default 0.5)"
+    )
+    _completes(
+        dt.add_argument(
+            "--out", type=Path, default=Path("detections"), metavar="DIR",
+            help="where the JSON and PNGs go (default: detections/)",
+        ),
+        "directory",
+    )  # fmt: skip
+    dt.set_defaults(func=_cmd_detect)
 
     register_services(sub)
     register_sweep(sub)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from components import artifact
 from components.config import build, identity
@@ -38,6 +39,23 @@ class Detector:
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    def detect_fitted(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """As `detect`, each image first scaled (bilinear) so that its longer side is the
+        training `image_size` (a detector sees objects at the scale it learned them); boxes
+        come back in the pixels of the image as given."""
+        scaled, factors = [], []
+        for image in images:
+            image = np.asarray(image)
+            h, w = image.shape[:2]
+            factor = self.image_size / max(h, w)
+            size = (max(1, round(w * factor)), max(1, round(h * factor)))
+            scaled.append(np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR)))
+            factors.append(torch.tensor([w / size[0], h / size[1]] * 2))
+        return [
+            Detections(d.scores, d.labels, d.boxes * f)
+            for d, f in zip(self.detect(scaled), factors, strict=True)
+        ]
 
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray] | np.ndarray) -> list[Detections]:

@@ -3,13 +3,18 @@ tiny sizes, tracked in MLflow with live COCO AP, the detector registered and ser
 
 from __future__ import annotations
 
+import json
+import os
+
 import mlflow
 import mlflow.pyfunc
 import pytest
 import yaml
+from PIL import Image
 
 from components.detection.data.dataset import read_split
-from tests.conftest import reproduced_pipeline
+from flows import tracking
+from tests.conftest import loom, reproduced_pipeline
 
 TINY_DETECTION = {
     "detection_data": {"shapes": {"count": 60, "size": 48}},
@@ -60,3 +65,22 @@ def test_evaluation_reports_cocoeval_to_dvc_and_mlflow(built):
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"pr_curve.png", "detections.png", "results.json"} <= artifacts
+
+
+def test_loom_detect_with_the_run_that_registered_the_detector(built, tmp_path):
+    root, runs = built
+    drawing = tmp_path / "drawn.png"
+    Image.new("RGB", (120, 90), (0, 0, 0)).save(drawing)
+    run_id = runs["detector@shapes"].info.run_id
+    experiment = mlflow.get_experiment(runs["detector@shapes"].info.experiment_id).name
+    env = {**os.environ, tracking.EXPERIMENT_ENV: experiment}  # where a run id prefix is searched
+    res = loom(root, "detect", str(drawing), "--run", run_id[:8], "--out", str(tmp_path / "o"),
+               "--threshold", "0", env=env)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{drawing}: 6 object(s)" in res.stdout  # num_queries, all above threshold 0
+    assert len(json.loads((tmp_path / "o" / "detections.json").read_text())) == 6
+    # a run of another stage made no detector: one clear line
+    data_run = runs["detection_data@shapes"].info.run_id
+    res = loom(root, "detect", str(drawing), "--run", data_run, env=env)
+    assert res.returncode == 1
+    assert f"run {data_run} (detection_data@shapes) registered no detector" in res.stderr
