@@ -41,6 +41,14 @@ class Backbone(nn.Module):
             x = stage(x)
         return x
 
+    def feature_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the images -> (h, w) of the features: each of the len(channels) stride-2
+        convs (3x3, padding 1) takes n to ceil(n / 2)."""
+        h, w = size
+        for _ in self.config.channels:
+            h, w = -(-h // 2), -(-w // 2)
+        return h, w
+
     def feature_mask(self, mask: Tensor, size: tuple[int, int]) -> Tensor:
         """Pixel padding mask bool [B, H, W] (True = padding) -> the features' [B, h, w]: a
         feature cell is padding when the pixel at its top-left corner is (as DETR does by

@@ -75,6 +75,10 @@ class DetrConfig:
     attention: AttentionKind = "softmax"
     num_queries: int = 20
     anchors: bool = False  # DAB-DETR anchor queries refined layer by layer
+    # RoI features (needs anchors): each decoder layer adds to its queries the encoder
+    # features sampled on a roi_points × roi_points grid inside their anchor boxes (the
+    # box-local sampling of Sparse R-CNN / Deformable DETR); 0 = off
+    roi_points: int = 0
     denoising: DenoisingConfig = field(default_factory=lambda: DenoisingConfig(enabled=False))
     loss: LossConfig = field(default_factory=LossConfig)
     gradient_checkpointing: bool = runtime_field(False)
@@ -87,6 +91,11 @@ class DetrConfig:
                 f"a multiple of 4 and of heads = {self.heads}")  # fmt: skip
         require(self.attention in ("softmax", "linear"), "attention", self.attention,
                 "one of softmax|linear")  # fmt: skip
+        require(isinstance(self.roi_points, int) and 0 <= self.roi_points <= 8, "roi_points",
+                self.roi_points, "an int in 0..8 (0: off)")  # fmt: skip
+        if self.roi_points:
+            require(self.anchors, "roi_points", self.roi_points,
+                    "0, or anchors: true (the points lie inside the anchor boxes)")  # fmt: skip
         if self.denoising.enabled:
             require(
                 self.anchors,

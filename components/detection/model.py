@@ -13,7 +13,11 @@ sine embedding, and the layer predicts a correction in logit space, box = σ(σ�
 which (detached) is the next layer's anchor. Denoising queries (DN-DETR, Li et al. 2022) are
 extra (content, anchor) pairs built from noised ground truth by `denoising.py`, prepended to
 the matching queries with a self-attention mask so that neither the matching queries nor
-other denoising groups see them.
+other denoising groups see them. RoI features (`roi_points: p`, with anchors): before each
+decoder layer, the encoder's features sampled bilinearly on a p × p grid inside every query's
+anchor box are projected and added to its content — box-local evidence, as Sparse R-CNN's
+RoI features and Deformable DETR's sampling points give their queries; plain cross-attention
+over the whole image is what makes DETR slow to learn to classify.
 
 Outputs: {"logits", "boxes"} of the last layer, "aux": [{"logits", "boxes"}] of the earlier
 layers (the auxiliary losses), and "dn" (when denoising queries were given) with the
@@ -101,12 +105,18 @@ class Detr(nn.Module):
             assert isinstance(last, nn.Linear)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+            p = config.roi_points
+            if p:
+                self.roi_proj = nn.ModuleList(
+                    nn.Sequential(nn.Linear(p * p * d, d), nn.LayerNorm(d))
+                    for _ in range(config.decoder_layers)
+                )
         else:
             self.query_pos = nn.Embedding(n, d)
         self.label_embedding = nn.Embedding(num_classes + 1, d)  # denoising queries' content
 
     def encode(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """-> memory [B, S, d], its padding mask [B, S], positions [B, S, d]"""
+        """-> memory [B, S = h·w, d], its padding mask [B, S], positions [B, S, d]"""
         features = self.input_proj(self.backbone(images))  # [B, d, h, w]
         feature_mask = self.backbone.feature_mask(mask, tuple(features.shape[-2:]))
         pos = self.position(feature_mask, flatten=True).to(features.dtype)
@@ -129,7 +139,11 @@ class Detr(nn.Module):
                 content = torch.cat([denoising.content, content], dim=1)
                 anchors = torch.cat([denoising.anchors, anchors], dim=1)
                 attn_mask = denoising.attn_mask
-            layers = self._decode_anchors(content, anchors, memory, padding, pos, attn_mask)
+            fmap = None
+            if self.config.roi_points:
+                size = self.backbone.feature_size((images.shape[-2], images.shape[-1]))
+                fmap = self._feature_map(memory, padding, size)
+            layers = self._decode_anchors(content, anchors, memory, padding, pos, attn_mask, fmap)
         else:
             x = memory.new_zeros(b, n, self.config.dim)
             layers = self._decode(x, self.query_pos.weight.expand(b, n, -1), memory, padding, pos)
@@ -152,9 +166,36 @@ class Detr(nn.Module):
             out.append((self.class_head(h), self.box_head(h).sigmoid()))
         return out
 
-    def _decode_anchors(self, x, anchors, memory, padding, pos, attn_mask):
+    @staticmethod
+    def _feature_map(memory: Tensor, padding: Tensor, size: tuple[int, int]) -> tuple[Tensor, ...]:
+        """memory [B, S, d] -> (map [B, d, h, w], the unpadded share of each side [B, 2] as
+        (w, h)): anchors are relative to the unpadded image, the map holds the padding too."""
+        (h, w), b = size, memory.shape[0]
+        fmap = memory.transpose(1, 2).reshape(b, -1, h, w)
+        valid = ~padding.view(b, h, w)
+        share = torch.stack([valid[:, 0, :].sum(1) / w, valid[:, :, 0].sum(1) / h], dim=1)
+        return fmap, share.to(memory.dtype)
+
+    def roi_features(self, fmap: tuple[Tensor, ...], anchors: Tensor) -> Tensor:
+        """Bilinear samples of the map on a p × p grid inside each anchor box:
+        anchors [B, N, 4] cxcywh -> [B, N, p·p·d]."""
+        features, share = fmap
+        p = self.config.roi_points
+        steps = (torch.arange(p, device=anchors.device, dtype=anchors.dtype) + 0.5) / p - 0.5
+        gy, gx = torch.meshgrid(steps, steps, indexing="ij")
+        offsets = torch.stack([gx, gy], dim=-1).view(1, 1, p * p, 2)  # in box units
+        centre, size = anchors[..., None, :2], anchors[..., None, 2:]
+        points = (centre + offsets * size) * share[:, None, None, :]  # [B, N, p·p, 2] in [0, 1]
+        sampled = nn.functional.grid_sample(
+            features, points * 2 - 1, mode="bilinear", align_corners=False
+        )  # [B, d, N, p·p]
+        return sampled.permute(0, 2, 3, 1).flatten(2)
+
+    def _decode_anchors(self, x, anchors, memory, padding, pos, attn_mask, fmap=None):
         out = []
-        for block in self.decoder_blocks:
+        for i, block in enumerate(self.decoder_blocks):
+            if fmap is not None:
+                x = x + self.roi_proj[i](self.roi_features(fmap, anchors))
             query_pos = self.anchor_pos(box_sine_embedding(anchors, self.config.dim)).to(x.dtype)
             if attn_mask is None:
                 x = block(x, memory, None, padding, query_pos, pos)

@@ -16,15 +16,17 @@ from components.detection.data.dataset import read_split
 from flows import tracking
 from tests.conftest import loom, reproduced_pipeline
 
+TINY_DETECTOR = {
+    "model": {"backbone": {"channels": [8, 16, 32], "norm_groups": 4}, "dim": 32,
+              "heads": 2, "encoder_layers": 1, "decoder_layers": 2, "num_queries": 6},
+    "eval_images": 8,
+    "train": {"steps": 6, "batch_size": 8, "val_every": 3, "checkpoint_every": 3,
+              "log_every": 1, "warmup_steps": 0},
+}  # fmt: skip
 TINY_DETECTION = {
-    "detection_data": {"shapes": {"count": 60, "size": 48}},
-    "detector": {"shapes": {
-        "model": {"backbone": {"channels": [8, 16, 32], "norm_groups": 4}, "dim": 32,
-                  "heads": 2, "encoder_layers": 1, "decoder_layers": 2, "num_queries": 6},
-        "eval_images": 8,
-        "train": {"steps": 6, "batch_size": 8, "val_every": 3, "checkpoint_every": 3,
-                  "log_every": 1, "warmup_steps": 0},
-    }},
+    "detection_data": {"shapes": {"count": 60, "size": 48},
+                       "digits": {"count": 60, "size": 48, "digit_max_side": 24}},
+    "detector": {"shapes": TINY_DETECTOR, "digits": TINY_DETECTOR},
     "runtime": {"detector": {"train": {"progress": False}}},
 }  # fmt: skip
 
@@ -37,7 +39,8 @@ def built(tmp_path_factory):
 def test_detector_runs_with_live_ap_and_is_served(built):
     root, runs = built
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert {"detection_data@shapes", "detector@shapes", "evaluate_detector@shapes"} <= set(lock)
+    assert {f"{stage}@{key}" for stage in ("detection_data", "detector", "evaluate_detector")
+            for key in ("shapes", "digits")} <= set(lock)  # fmt: skip
     metrics = yaml.safe_load((root / "metrics/detector_shapes.json").read_text())
     assert {"ap", "ap50", "ar100"} <= set(metrics["detector"])
     client = mlflow.MlflowClient()

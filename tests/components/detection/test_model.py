@@ -145,3 +145,22 @@ def test_overfits_four_images_to_ap50_one():
     truth = ground_truth(records, classes)
     metrics, _ = coco_metrics(truth, results_json([r.image_id for r in records], found))
     assert metrics["ap50"] >= 0.95
+
+
+def test_roi_features_sample_inside_the_anchor_box_of_the_unpadded_image():
+    model = Detr(build(DetrConfig, {"anchors": True, "roi_points": 2, "dim": 8, "heads": 2}), 3)
+    # a [1, 8, 4, 8] map whose right half (x >= 4) is padding; value = the column index
+    columns = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 8, 4, 8)
+    memory = columns.flatten(2).transpose(1, 2)  # [1, 32, 8]
+    padding = torch.zeros(1, 4, 8, dtype=torch.bool)
+    padding[..., 4:] = True
+    fmap = model._feature_map(memory, padding.flatten(1), (4, 8))
+    # a box over the whole unpadded image: its 2 x 2 points at x = 1/4 and 3/4 of 4 columns
+    sampled = model.roi_features(fmap, torch.tensor([[[0.5, 0.5, 1.0, 1.0]]]))
+    points = sampled.view(1, 1, 4, 8)[0, 0, :, 0]  # channel 0 of each point
+    assert torch.allclose(points, torch.tensor([0.5, 2.5, 0.5, 2.5]))  # never the padding
+
+
+def test_roi_points_need_anchors():
+    with pytest.raises(ValueError, match="roi_points"):
+        build(DetrConfig, {"roi_points": 4, "anchors": False})
