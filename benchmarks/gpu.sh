@@ -40,4 +40,6 @@ step checkpointing python3 benchmarks/checkpointing.py --device cuda
 step checkpointing_large python3 benchmarks/checkpointing.py --device cuda \
   --batch 8 --length 4096 --dim 512 --depth 8 --heads 8
 step autoencoder python3 benchmarks/autoencoder.py --device cuda --steps 2000 --batch 64
+# needs transformers (the `test` extra) for the DetrForObjectDetection reference
+step detection python3 benchmarks/detection.py --device cuda --steps 4000 --threads 8
 exit "$status"
