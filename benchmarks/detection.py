@@ -2,8 +2,8 @@
 budget, softmax vs linear attention, and Loom vs transformers' DetrForObjectDetection.
 
     .venv/bin/python benchmarks/detection.py [--steps 800] [--sets shapes digits]
-        [--variants plain dab dab_dn dab_roi default linear transformers] [--threads 2]
-        [--device cpu|cuda] [--json out.json]
+        [--variants plain dab dab_dn dab_roi default focal linear transformers] [--threads 2]
+        [--device cpu|cuda] [--json out.json] [--profile]
 
 Needs the `test` extra (transformers, for the reference) when the `transformers` variant runs.
 
@@ -32,6 +32,11 @@ Reported per variant: seconds per train step (mean of all steps after the first 
 AP75 and AR@100, and the ratios the targets name: transformers' s/step over Loom's, Loom's AP
 over transformers'.
 
+--profile: instead of training to the end, each variant runs `--steps` steps (say 60) under
+torch.profiler, and the CPU time of its operators is printed grouped by kind (convolutions
+with their backward, matrix products, attention kernels, normalisation, elementwise and the
+rest) with the top operators: where a variant's time per step goes, measured.
+
 Targets (issue 17): after <= 20 minutes of CPU training, AP50 >= 0.9 and AP >= 0.6 on
 shapes-det, AP50 >= 0.85 on digits-det; Loom >= 1.0x transformers on time per step and AP.
 """
@@ -39,8 +44,11 @@ shapes-det, AP50 >= 0.85 on digits-det; Loom >= 1.0x transformers on time per st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +106,9 @@ def recipe(name: str, variant: str, steps: int) -> DetectorConfig:
     return build(DetectorConfig, params)
 
 
-def run_loom(config: DetectorConfig, train_r, val_r, classes, device: str) -> dict[str, float]:
+def run_loom(
+    config: DetectorConfig, train_r, val_r, classes, device: str, profiler=None
+) -> dict[str, float]:
     torch.manual_seed(0)
     task = DetrTask(config, len(classes), train_r, val_r[:8])
     stamps: list[float] = []
@@ -109,7 +119,8 @@ def run_loom(config: DetectorConfig, train_r, val_r, classes, device: str) -> di
     runtime = build(
         type(config.train), {**identity(config.train), "device": device, "progress": False}
     )
-    result = train(task, runtime, on_metrics=on_metrics)  # type: ignore[arg-type]
+    with profiler or contextlib.nullcontext():
+        result = train(task, runtime, on_metrics=on_metrics)  # type: ignore[arg-type]
     network = result.model
     scores = coco_scores(network, val_r, classes, 100)
     # one stamp per 10 steps (log_every); the first interval holds the warm-up
@@ -118,7 +129,9 @@ def run_loom(config: DetectorConfig, train_r, val_r, classes, device: str) -> di
             "parameters": float(sum(p.numel() for p in network.parameters()))}  # fmt: skip
 
 
-def run_transformers(config: DetectorConfig, train_r, val_r, classes, device: str) -> dict:
+def run_transformers(
+    config: DetectorConfig, train_r, val_r, classes, device: str, profiler=None
+) -> dict:
     """DetrForObjectDetection at the size of Loom's plain DETR, on the engine's batches."""
     from transformers import DetrConfig as HfDetrConfig
     from transformers import DetrForObjectDetection, ResNetConfig
@@ -155,20 +168,21 @@ def run_transformers(config: DetectorConfig, train_r, val_r, classes, device: st
 
     loader = batches()
     times = []
-    for step in range(tc.steps):
-        start = time.perf_counter()  # the batch's making counts, as it does in Loom's engine
-        batch = next(loader)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, tc)
-        labels = [{"class_labels": t["labels"].to(device), "boxes": t["boxes"].to(device)}
-                  for t in batch.targets]  # fmt: skip
-        pixel_mask = (~batch.mask).long().to(device)  # HF: 1 = a real pixel
-        out = model(pixel_values=batch.images.to(device), pixel_mask=pixel_mask, labels=labels)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
-        optimizer.step()
-        times.append(time.perf_counter() - start)
+    with profiler or contextlib.nullcontext():
+        for step in range(tc.steps):
+            start = time.perf_counter()  # the batch's making counts, as it does in Loom's engine
+            batch = next(loader)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, tc)
+            labels = [{"class_labels": t["labels"].to(device), "boxes": t["boxes"].to(device)}
+                      for t in batch.targets]  # fmt: skip
+            pixel_mask = (~batch.mask).long().to(device)  # HF: 1 = a real pixel
+            out = model(pixel_values=batch.images.to(device), pixel_mask=pixel_mask, labels=labels)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+            optimizer.step()
+            times.append(time.perf_counter() - start)
     model.eval()
     found = []
     with torch.no_grad():
@@ -186,6 +200,49 @@ def run_transformers(config: DetectorConfig, train_r, val_r, classes, device: st
             "parameters": float(sum(p.numel() for p in model.parameters()))}  # fmt: skip
 
 
+# operator-name fragments -> the kind a profile groups them into (first match wins)
+OP_KINDS = (
+    ("convolution", ("conv", "mkldnn")),
+    ("matmul", ("addmm", "::mm", "bmm", "matmul", "linear")),
+    ("attention", ("scaled_dot_product", "softmax")),
+    ("norm", ("group_norm", "layer_norm", "batch_norm", "native_norm")),
+    ("optimizer", ("_foreach", "adamw", "lerp", "addcdiv", "addcmul")),
+)
+
+
+def op_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, fragments in OP_KINDS:
+        if any(fragment in lowered for fragment in fragments):
+            return kind
+    return "other"
+
+
+@contextlib.contextmanager
+def profiled(label: str, steps: int, enabled: bool) -> Iterator[None]:
+    """Profile the block's CPU operators and print their self time per step, grouped by kind."""
+    if not enabled:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    by_kind: dict[str, float] = defaultdict(float)
+    for event in events:
+        by_kind[op_kind(event.key)] += event.self_cpu_time_total / 1e6 / steps
+    total = sum(by_kind.values())
+    shares = ", ".join(
+        f"{kind} {seconds * 1e3:.1f} ms ({seconds / total:.0%})"
+        for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1])
+    )
+    print(f"  profile {label}: aten self time {total * 1e3:.1f} ms/step: {shares}")
+    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]:
+        per_step = event.self_cpu_time_total / 1e3 / steps
+        print(f"      {event.key:48s} {per_step:7.2f} ms/step  x{event.count / steps:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=800)
@@ -194,6 +251,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", action="store_true", help="operator time by kind")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.device}, {args.steps} steps")
@@ -208,7 +266,8 @@ def main() -> None:
             config = recipe(name, "plain" if variant == "transformers" else variant, args.steps)
             runner = run_transformers if variant == "transformers" else run_loom
             started = time.perf_counter()
-            row = runner(config, train_r, val_r, classes, args.device)
+            profiler = profiled(variant, args.steps, args.profile)
+            row = runner(config, train_r, val_r, classes, args.device, profiler)
             row["train_minutes"] = (time.perf_counter() - started) / 60
             table[name][variant] = row
             print(f"  {variant:13s} {row['s_per_step']:.3f} s/step  AP {row['ap']:.3f}  "
