@@ -162,6 +162,9 @@ class Stage:
     version: bump when outputs change meaning; recorded with every run.
     config:  dataclass type of the params section.
     inputs/outputs: the names `StageIO` carries.
+    optional_inputs: inputs a dvc.yaml stage may leave out (a diffusion model's word2vec
+             vectors, used only when its config says so): absent from `io.inputs` then, so a
+             stage that does not read one does not depend on it either.
     run:     (config, io) -> StageResult.
     key_metrics: the few metrics a run summary shows for this component.
     distributed: `run` may run on several processes under torchrun (`runtime.<stage>.nproc`
@@ -178,6 +181,7 @@ class Stage:
     outputs: tuple[str, ...]
     run: Callable[[Any, StageIO], StageResult]
     key_metrics: tuple[str, ...] = ()
+    optional_inputs: tuple[str, ...] = ()
     distributed: bool = False
     models: tuple[ServedModel, ...] = ()
 

@@ -52,16 +52,18 @@ class Outcome:
 
 
 def bind(spec: project.StageSpec, stage: Stage) -> None:
-    """meta.inputs/outputs must name exactly the component's inputs/outputs, and be declared
-    in deps/outs, or DVC would not track what the component really reads and writes."""
-    for kind, have, want, declared, field in (
-        ("inputs", spec.inputs, stage.inputs, spec.deps, "deps"),
-        ("outputs", spec.outputs, stage.outputs, spec.outs, "outs"),
+    """meta.inputs/outputs must name exactly the component's inputs/outputs (inputs it declares
+    optional may be left out), and be declared in deps/outs, or DVC would not track what the
+    component really reads and writes."""
+    for kind, have, want, optional, declared, field in (
+        ("inputs", spec.inputs, stage.inputs, stage.optional_inputs, spec.deps, "deps"),
+        ("outputs", spec.outputs, stage.outputs, (), spec.outs, "outs"),
     ):
-        if set(have) != set(want):
+        if not set(want) <= set(have) <= set(want) | set(optional):
+            expected = sorted(want) + [f"{name} (optional)" for name in sorted(optional)]
             raise project.ProjectError(
                 f"dvc.yaml: stage {spec.name!r}: meta.{kind} names {sorted(have)}, but component "
-                f"{stage.name!r} expects {sorted(want)}"
+                f"{stage.name!r} expects {expected}"
             )
         for role, path in have.items():
             if not project.covered(path, declared):

@@ -388,3 +388,28 @@ def test_system_metrics_are_a_runtime_knob_off_by_default(project, experiment, m
 
     edit_params(project, lambda p: p["runtime"].update(bpe={"system_metrics": "yes"}))
     fails(project, "bpe@small", "runtime.bpe.system_metrics = 'yes'", "expected true or false")
+
+
+def _spec(inputs: dict[str, str]):
+    from flows.project import StageSpec
+
+    deps = list(inputs.values())
+    return StageSpec(
+        "s", "loom stage s", Path("."), "c", None, inputs, {"out": "o"}, deps, [], ["o"]
+    )
+
+
+def test_bind_accepts_a_declared_optional_input_left_out_or_given():
+    from components.stage import Stage, StageResult
+    from flows.project import ProjectError
+    from flows.stage_runner import bind
+
+    stage = Stage(
+        "c", "1", dict, ("a",), ("out",), lambda c, io: StageResult(), optional_inputs=("w",)
+    )
+    bind(_spec({"a": "x"}), stage)
+    bind(_spec({"a": "x", "w": "y"}), stage)
+    with pytest.raises(ProjectError, match=r"expects \['a', 'w \(optional\)'\]"):
+        bind(_spec({"w": "y"}), stage)  # the required one missing
+    with pytest.raises(ProjectError, match="names \\['a', 'v'\\]"):
+        bind(_spec({"a": "x", "v": "y"}), stage)  # one the component does not read
