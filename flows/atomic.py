@@ -111,17 +111,23 @@ def replace(src: Path, target: Path) -> None:
         os.replace(src, target)
 
 
-def write_text(target: Path, text: str) -> None:
-    """Atomically write a small text file (temp file + rename)."""
+def write_bytes(target: Path, data: bytes) -> None:
+    """Atomically write a small file (temp file + rename): a reader sees the old file or the
+    new one, never half of one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # pid, then a per-call suffix: two threads of one process never share a temp file
     tmp = target.parent / f"{SCRATCH_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}"
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(target: Path, text: str) -> None:
+    """Atomically write a small text file (UTF-8)."""
+    write_bytes(target, text.encode("utf-8"))
 
 
 def write_json(target: Path, data: Any) -> None:

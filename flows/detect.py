@@ -18,7 +18,6 @@ of its config), raised before anything is written.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from flows import project
+from flows import atomic, project, trained
 
-DETECTOR_COMPONENT = "detection.detector"
-MODEL_TAG = "loom.model.model"  # models.MODEL_TAG_PREFIX + the detector's output role
+DETECTOR = trained.ModelKind("detection.detector", "detector", "detector")
 
 
 class DetectError(ValueError):
@@ -54,64 +52,10 @@ def read_rgb(path: Path) -> np.ndarray:
 def detector_dir(root: Path | None, run: str | None, model: Path | None, scratch: Path) -> Path:
     """The detector directory to load: --model as given, the model a --run registered
     (downloaded into `scratch`), or the project's one detector output."""
-    if run and model:
-        raise DetectError("pass --run or --model, not both")
-    if model is not None:
-        return model
-    if root is None:
-        raise DetectError("not in a Loom project: pass --model DIR (a detector directory)")
-    if run:
-        return _from_run(root, run, scratch)
-    return _project_detector(root)
-
-
-def _from_run(root: Path, ref: str, scratch: Path) -> Path:
-    import mlflow.artifacts
-
-    from flows import compare, tracking
-
     try:
-        (found,) = compare.get_runs(root, [ref])
-    except compare.CompareError as err:
+        return trained.model_dir(DETECTOR, root, run, model, scratch)
+    except trained.ModelNotFound as err:
         raise DetectError(str(err)) from None
-    tags = found.data.tags
-    stage = tags.get(tracking.STAGE_TAG, "?")
-    if tags.get(tracking.COMPONENT_TAG) != DETECTOR_COMPONENT or MODEL_TAG not in tags:
-        raise DetectError(
-            f"run {found.info.run_id} ({stage}) registered no detector: pass the run of a "
-            f"{DETECTOR_COMPONENT} stage (`loom runs --stage detector`)"
-        )
-    uri = tags[MODEL_TAG]
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch)))
-    configs = [
-        p.parent for p in local.rglob("config.json") if (p.parent / "model.safetensors").is_file()
-    ]
-    if len(configs) != 1:
-        raise DetectError(f"{uri} (run {found.info.run_id}): no detector directory in the model")
-    return configs[0]
-
-
-def _project_detector(root: Path) -> Path:
-    with project.dvc_repo(root) as repo:
-        specs = [
-            project.spec_of(repo, s, with_upstream=False) for s in project.pipeline_stages(repo)
-        ]
-    outputs = [
-        root / spec.outputs["model"]
-        for spec in specs
-        if spec.component == DETECTOR_COMPONENT and "model" in spec.outputs
-    ]
-    present = [p for p in outputs if (p / "config.json").is_file()]
-    if len(present) == 1:
-        return present[0]
-    if not present:
-        named = ", ".join(str(p.relative_to(root)) for p in outputs) or "none in dvc.yaml"
-        raise DetectError(
-            f"no trained detector in this project ({named}): run `loom run detector` or "
-            "`dvc pull`, or pass --model DIR / --run ID"
-        )
-    choices = ", ".join(str(p.relative_to(root)) for p in present)
-    raise DetectError(f"this project has several detectors ({choices}): pass --model one of them")
 
 
 def load_detector(directory: Path) -> Any:
@@ -163,7 +107,7 @@ def detect(
     for image, f, name in zip(pixels, found, names, strict=True):
         scale = max(1, round(512 / max(image.shape[:2])))  # small images drawn larger
         drawn = draw_boxes(image, f, detector.classes, threshold, scale=scale)
-        _write(out / name, png_bytes(drawn))
+        atomic.write_bytes(out / name, png_bytes(drawn))
     index = {
         "images": [
             {"id": i, "file_name": str(p), "width": int(im.shape[1]), "height": int(im.shape[0]),
@@ -173,8 +117,8 @@ def detect(
         "categories": [{"id": i + 1, "name": c} for i, c in enumerate(detector.classes)],
         "threshold": threshold,
     }  # fmt: skip
-    _write(out / "images.json", (json.dumps(index, indent=2) + "\n").encode())
-    _write(out / "detections.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic.write_bytes(out / "images.json", (json.dumps(index, indent=2) + "\n").encode())
+    atomic.write_bytes(out / "detections.json", (json.dumps(results, indent=2) + "\n").encode())
     return rows
 
 
@@ -188,15 +132,3 @@ def _png_names(images: Sequence[Path]) -> list[str]:
             name = f"{Path(path).stem}-{n}.png"
         names.append(name)
     return names
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
