@@ -19,6 +19,7 @@ COMPONENTS: dict[str, str] = {
     "vision.image_folder": "components.vision.data.folder_stage",
     "vision.autoencoder": "components.vision.autoencoder.stage",
     "vision.encode_latents": "components.vision.autoencoder.encode_stage",
+    "vision.train_diffusion": "components.vision.diffusion.stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
     "detection.evaluate": "components.detection.evaluation.stage",

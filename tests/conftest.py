@@ -86,6 +86,15 @@ def component_of(stage: dict) -> str:
     return str((body.get("meta") or {}).get("component", ""))
 
 
+def _prefixes(stage: dict, field: str) -> tuple[str, ...]:
+    """The paths of a stage entry's `deps` or `outs` up to their first ${...} template."""
+    entries = stage.get("do", stage).get(field, [])
+    paths = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    return tuple(
+        str(path).split("${")[0] for path in paths if not str(path).startswith("components/")
+    )
+
+
 def keep_pipelines(root: Path, pipelines: tuple[str, ...]) -> None:
     """Cut the copy at `root` down to the stages of `pipelines` (the component family before
     the first dot: "text", "vision"), and prefect.yaml to the deployments named after them
@@ -94,10 +103,24 @@ def keep_pipelines(root: Path, pipelines: tuple[str, ...]) -> None:
     dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
     stages = dvc_yaml["stages"]
     dropped = [n for n, st in stages.items() if component_of(st).split(".")[0] not in pipelines]
+    # and, transitively, the stages that read a dropped stage's outputs (the vision pipeline's
+    # diffusion models read the text pipeline's tokenizer): they could not run without them
+    while True:
+        gone = tuple(prefix for n in dropped for prefix in _prefixes(stages[n], "outs"))
+        more = [
+            n for n, st in stages.items()
+            if n not in dropped and any(d.startswith(gone) for d in _prefixes(st, "deps"))
+        ]  # fmt: skip
+        if not more:
+            break
+        dropped += more
     dvc_yaml["stages"] = {n: st for n, st in stages.items() if n not in dropped}
 
+    gone = tuple(prefix for n in dropped for prefix in _prefixes(stages[n], "outs"))
+
     def of_dropped(path: str) -> bool:  # plots/autoencoder_kl.json, data/autoencoders/...
-        return any(part.startswith(n) for part in Path(path).parts for n in dropped)
+        named = any(part.startswith(n) for part in Path(path).parts for n in dropped)
+        return named or path.startswith(gone)
 
     def files(plot: str | dict) -> list[str]:
         return [plot] if isinstance(plot, str) else list(next(iter(plot.values()))["y"])
@@ -157,9 +180,12 @@ def make_project(
     return dst
 
 
-def reproduced_pipeline(tmp_path_factory, pipeline: str, params: dict) -> tuple[Path, dict]:
-    """A copy of `pipeline` (TINY_PARAMS + `params`) on which `dvc repro` ran, in an MLflow
-    experiment of its own: (root, {run name: its MLflow run})."""
+def reproduced_pipeline(
+    tmp_path_factory, pipeline: str, params: dict, also: tuple[str, ...] = ()
+) -> tuple[Path, dict]:
+    """A copy of `pipeline` (and the pipelines `also` it reads from; TINY_PARAMS + `params`)
+    on which `dvc repro` ran, in an MLflow experiment of its own: (root, {run name: its MLflow
+    run})."""
     import mlflow
 
     from flows import tracking
@@ -167,7 +193,7 @@ def reproduced_pipeline(tmp_path_factory, pipeline: str, params: dict) -> tuple[
     name = f"test-{pipeline}-{os.getpid()}"
     with pytest.MonkeyPatch.context() as env:
         env.setenv(tracking.EXPERIMENT_ENV, name)
-        root = make_project(tmp_path_factory.mktemp(pipeline) / "proj", params, (pipeline,))
+        root = make_project(tmp_path_factory.mktemp(pipeline) / "proj", params, (*also, pipeline))
         res = dvc(root, "repro", check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     client = mlflow.MlflowClient()

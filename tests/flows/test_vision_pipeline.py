@@ -6,6 +6,8 @@ the file and key named and the last good outputs kept."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from components.vision.autoencoder.latents import read_latents
 from components.vision.autoencoder.saved import Autoencoder
 from components.vision.autoencoder.task import to_float
 from components.vision.data.store import read_images
+from flows import tracking
 from tests.conftest import loom, reproduced_pipeline
 
 NETWORK = {"channels": 8, "max_channels": 16, "norm_groups": 4, "downsample": 4}
@@ -33,18 +36,39 @@ TINY_VISION = {
         | ({"loss": {"disc_start": 3}} if name.startswith("kl") else {})
         for name in ("kl_digits", "kl_shapes", "vq_digits")
     },
-    "runtime": {"autoencoder": {"train": {"progress": False}}},
+    "train_diffusion": {
+        name: {
+            "unet": {"base_channels": 16, "groups": 8, "heads": 2},
+            "text": {"dim": 16, "depth": 1, "heads": 2},
+            "preview": {"per_prompt": 2, "sampler": {"steps": 3}},
+            "train": {
+                "steps": 4,
+                "batch_size": 16,
+                "val_every": 2,
+                "checkpoint_every": 2,
+                "log_every": 1,
+                "warmup_steps": 0,
+            },
+        }
+        for name in ("digits", "shapes")
+    },  # fmt: skip
+    "runtime": {
+        "autoencoder": {"train": {"progress": False}},
+        "train_diffusion": {"train": {"progress": False}},
+    },
 }
 STAGES = [
     "images@digits", "images@shapes",
     "autoencoder@kl_digits", "autoencoder@kl_shapes", "autoencoder@vq_digits",
     "encode_latents@kl_digits", "encode_latents@kl_shapes", "encode_latents@vq_digits",
+    "train_diffusion@digits", "train_diffusion@shapes",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return reproduced_pipeline(tmp_path_factory, "vision", TINY_VISION)
+    # the text pipeline too: the diffusion models read its tokenizer and word2vec vectors
+    return reproduced_pipeline(tmp_path_factory, "vision", TINY_VISION, also=("text",))
 
 
 def test_every_vision_stage_ran_as_a_tracked_run(built):
@@ -121,3 +145,45 @@ def test_a_dataset_smaller_than_a_batch_fails_naming_file_and_key_and_keeps_the_
     assert "data/images/digits/train.parquet: " in res.stderr
     assert "fewer than one batch (train.batch_size = 1024)" in res.stderr
     assert _digest(root / "data/autoencoders/kl_digits") == before
+
+
+def test_diffusion_models_train_live_register_and_generate(built, tmp_path):
+    root, runs = built
+    client = mlflow.MlflowClient()
+    run = runs["train_diffusion@shapes"]
+    images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    assert sum("samples" in p for p in images) >= 2  # a grid at every validation (steps 2, 4)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert run.data.tags["loom.model.model"].startswith("models:/vision.train_diffusion.shapes/")
+    metrics = yaml.safe_load((root / "metrics/train_diffusion_digits.json").read_text())
+    assert {"loss", "mse", "steps"} <= set(metrics["train_diffusion"])
+    # the lineage of the prompts: the text pipeline's tokenizer is an input of the run
+    assert "data/tokenizers/small" in json.dumps(
+        [i.dataset.source for i in run.inputs.dataset_inputs]
+    )
+    served = mlflow.pyfunc.load_model("models:/vision.train_diffusion.digits/latest")
+    drawn = np.asarray(served.predict(["a handwritten seven", "a handwritten one"]))
+    assert drawn.shape == (2, 32, 32, 1) and drawn.dtype == np.uint8
+    # loom generate in the project: its newest model, or the one a run registered
+    out = tmp_path / "seven.png"
+    res = loom(
+        root, "generate", "a handwritten seven", "-n", "2", "--steps", "3", "--out", str(out)
+    )
+    assert res.returncode == 0, res.stderr
+    assert "data/diffusion/" in res.stdout and out.is_file()
+    digits = runs["train_diffusion@digits"].info
+    experiment = mlflow.get_experiment(digits.experiment_id).name
+    env = {**os.environ, tracking.EXPERIMENT_ENV: experiment}  # where a run id prefix is searched
+    res = loom(root, "generate", "a seven", "--run", digits.run_id[:8], "-n", "1", "--steps", "2",
+               "--out", str(tmp_path / "run.png"), env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    autoencoder = runs["autoencoder@kl_digits"].info.run_id[:8]
+    res = loom(root, "generate", "a seven", "--run", autoencoder, "--out", str(tmp_path / "x.png"),
+               env=env)  # fmt: skip
+    assert res.returncode == 1 and "registered no diffusion model" in res.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,1 @@
+"""Text-conditioned latent diffusion: denoising UNet, text encoder, schedules and samplers."""
