@@ -127,7 +127,7 @@ def write_bytes(target: Path, data: bytes) -> None:
 
 def write_text(target: Path, text: str) -> None:
     """Atomically write a small text file (UTF-8)."""
-    write_bytes(target, text.encode("utf-8"))
+    write_bytes(target, str.encode(text, "utf-8"))  # TypeError for a non-str, before any file
 
 
 def write_json(target: Path, data: Any) -> None:

@@ -9,7 +9,7 @@ from components.nn.attention import (
     softmax_attention,
 )
 from components.nn.positional import PositionEmbedding, SinePosition2d, sinusoidal_table
-from components.nn.resblock import ResBlock, ResBlockConfig
+from components.nn.resblock import ResBlock, ResBlockConfig, Upsample
 from components.nn.transformer import (
     DecoderBlock,
     EncoderBlock,
@@ -30,6 +30,7 @@ __all__ = [
     "TransformerConfig",
     "TransformerDecoder",
     "TransformerEncoder",
+    "Upsample",
     "linear_attention",
     "sinusoidal_table",
     "softmax_attention",

@@ -1,4 +1,5 @@
-"""Convolutional residual block, optionally conditioned by scale and shift (a diffusion UNet's).
+"""Convolutional residual block, optionally conditioned by scale and shift (a diffusion UNet's),
+and the nearest-neighbour upsampling the decoders and UNets between such blocks share.
 
     x [B, C_in, H, W], cond [B, cond_dim] -> [B, C_out, H, W]
 
@@ -97,3 +98,14 @@ class ResBlock(nn.Module):
             h = h * (1 + scale) + shift
         h = self.conv_out(self.dropout(F.silu(h)))
         return self.skip(x) + h
+
+
+class Upsample(nn.Module):
+    """Nearest x2 then conv3x3: [B, C, H, W] -> [B, C, 2H, 2W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

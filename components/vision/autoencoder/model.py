@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from components.nn.attention import AttentionConfig, MultiHeadAttention
-from components.nn.resblock import ResBlock, ResBlockConfig
+from components.nn.resblock import ResBlock, ResBlockConfig, Upsample
 from components.vision.autoencoder.config import NetworkConfig, QuantizerConfig
 from components.vision.autoencoder.quantizer import Quantized, VectorQuantizer
 
@@ -83,17 +83,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest x2 then conv3x3: [B, C, H, W] -> [B, C, 2H, 2W]."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Encoder(nn.Module):

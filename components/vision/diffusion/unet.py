@@ -53,7 +53,7 @@ from torch.utils.checkpoint import checkpoint
 
 from components.config import require, runtime_field
 from components.nn.attention import AttentionKind
-from components.nn.resblock import ResBlock, ResBlockConfig
+from components.nn.resblock import ResBlock, ResBlockConfig, Upsample
 from components.nn.transformer import DecoderBlock, EncoderBlock, TransformerConfig
 
 MAX_PERIOD = 10000.0  # longest period of the timestep embedding, over 2π
@@ -164,17 +164,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest x2 then conv3x3: [B, C, H, W] -> [B, C, 2H, 2W]."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class SpatialTransformer(nn.Module):
