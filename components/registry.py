@@ -20,6 +20,7 @@ COMPONENTS: dict[str, str] = {
     "vision.autoencoder": "components.vision.autoencoder.stage",
     "vision.encode_latents": "components.vision.autoencoder.encode_stage",
     "vision.train_diffusion": "components.vision.diffusion.stage",
+    "vision.sample": "components.vision.diffusion.sample_stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
     "detection.evaluate": "components.detection.evaluation.stage",

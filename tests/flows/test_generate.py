@@ -10,48 +10,15 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
-from components.config import build
-from components.text.bpe.tokenizer import BpeTokenizer
-from components.vision.autoencoder.config import NetworkConfig, QuantizerConfig
-from components.vision.autoencoder.model import build_network
-from components.vision.autoencoder.saved import Autoencoder
-from components.vision.diffusion.config import DiffusionConfig
-from components.vision.diffusion.saved import DiffusionModel
-from components.vision.diffusion.task import Denoiser
 from components.vision.grid import decode_png
 from flows import generate
-
-
-def _model(condition: str = "text", truncate: str = "warn") -> DiffusionModel:
-    torch.manual_seed(0)
-    config = build(
-        DiffusionConfig,
-        {"condition": condition,
-         "unet": {"base_channels": 16, "groups": 8, "blocks_per_level": 1, "attention_levels": [1],
-                  "heads": 2},
-         "text": {"dim": 16, "depth": 1, "heads": 2, "max_tokens": 16, "vocab_size": 256,
-                  "truncate": truncate}},
-    )  # fmt: skip
-    text = config.text if condition == "text" else None
-    denoiser = Denoiser(config.unet_config(4, None if text else 3), text)
-    for p in denoiser.unet.parameters():  # zero-initialised outputs would draw plain noise
-        p.data.add_(0.01 * torch.randn_like(p))
-    network = build_network(
-        "kl", build(NetworkConfig, {"channels": 8, "max_channels": 8, "norm_groups": 4}),
-        QuantizerConfig(), 1,
-    )  # fmt: skip
-    tokenizer = BpeTokenizer({i: bytes([i]) for i in range(256)}, []) if text else None
-    return DiffusionModel(
-        denoiser, config.schedule, "eps", (4, 8, 8), Autoencoder(network, 32), tokenizer,
-        ["a", "b", "c"],
-    )  # fmt: skip
+from tests.components.vision.diffusion.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return _model().save(tmp_path_factory.mktemp("diffusion") / "model")
+    return tiny_model().save(tmp_path_factory.mktemp("diffusion") / "model")
 
 
 def _loom(*args, cwd):
@@ -118,9 +85,9 @@ def test_refusals_are_one_line_exit_1_and_write_nothing(model, tmp_path, case, m
     elif case == "not_a_model":
         args[4] = tmp_path
     elif case == "label_model":
-        args[4] = _model("label").save(tmp_path / "labels")
+        args[4] = tiny_model("label").save(tmp_path / "labels")
     elif case == "too_long":
-        args[4] = _model(truncate="error").save(tmp_path / "strict")
+        args[4] = tiny_model(truncate="error").save(tmp_path / "strict")
     elif case == "both":
         args += ["--run", "abcdef"]
     elif case == "no_project":

@@ -52,6 +52,7 @@ TINY_VISION = {
         }
         for name in ("digits", "shapes")
     },  # fmt: skip
+    "sample": {name: {"per_prompt": 1, "sampler": {"steps": 2}} for name in ("digits", "shapes")},
     "runtime": {
         "autoencoder": {"train": {"progress": False}},
         "train_diffusion": {"train": {"progress": False}},
@@ -61,7 +62,7 @@ STAGES = [
     "images@digits", "images@shapes",
     "autoencoder@kl_digits", "autoencoder@kl_shapes", "autoencoder@vq_digits",
     "encode_latents@kl_digits", "encode_latents@kl_shapes", "encode_latents@vq_digits",
-    "train_diffusion@digits", "train_diffusion@shapes",
+    "train_diffusion@digits", "train_diffusion@shapes", "sample@digits", "sample@shapes",
 ]  # fmt: skip
 
 
@@ -162,6 +163,13 @@ def test_diffusion_models_train_live_register_and_generate(built, tmp_path):
     assert run.data.tags["loom.model.model"].startswith("models:/vision.train_diffusion.shapes/")
     metrics = yaml.safe_load((root / "metrics/train_diffusion_digits.json").read_text())
     assert {"loss", "mse", "steps"} <= set(metrics["train_diffusion"])
+    # the sample stage: a grid per guidance scale (10 prompts x 1 sample), in MLflow too
+    samples = root / "reports/diffusion/digits/samples"
+    assert sorted(p.name for p in samples.glob("guidance_*.png")) == [
+        "guidance_1.png", "guidance_3.png", "guidance_5.png"
+    ]  # fmt: skip
+    sample_run = runs["sample@digits"].info.run_id
+    assert "guidance_3.png" in {a.path for a in client.list_artifacts(sample_run)}
     # the lineage of the prompts: the text pipeline's tokenizer is an input of the run
     assert "data/tokenizers/small" in json.dumps(
         [i.dataset.source for i in run.inputs.dataset_inputs]
