@@ -13,7 +13,7 @@ stage against the latents it reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from components.config import require, runtime_field
@@ -102,8 +102,6 @@ class DiffusionConfig:
 
     def unet_config(self, latent_channels: int, num_classes: int | None) -> UNetConfig:
         """The UNet for latents of `latent_channels`, conditioned as `condition` says."""
-        from dataclasses import replace
-
         if self.condition == "text":
             return replace(
                 self.unet, in_channels=latent_channels, context_dim=self.text.dim, num_classes=None

@@ -38,21 +38,11 @@ from components.vision.diffusion.unet import UNet, UNetConfig
 @dataclass
 class Condition:
     """What a denoiser is conditioned on, batched: a text context with its padding mask, or
-    class labels. Concatenates along the batch (classifier-free guidance's two halves)."""
+    class labels (`guidance.batch_conditions` joins two along the batch for guidance)."""
 
     context: Tensor | None = None  # [B, L, dim] (encoded text)
     mask: Tensor | None = None  # bool [B, L], True = padding
     labels: Tensor | None = None  # int64 [B]
-
-    def cat(self, other: Condition) -> Condition:
-        def both(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-            return None if a is None or b is None else torch.cat([a, b])
-
-        return Condition(
-            both(self.context, other.context),
-            both(self.mask, other.mask),
-            both(self.labels, other.labels),
-        )
 
     def repeat(self, n: int) -> Condition:
         """Each entry repeated n times in place: [c0, c0, .., c1, c1, ..] ([B·n, ...])."""
