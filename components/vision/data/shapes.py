@@ -30,10 +30,13 @@ Captions (`caption`):
               "above", "below" (horizontal on a tie)
   3+ objects  all of them left to right by box centre (ties: top to bottom, then drawing
               order): "a small red circle, a large blue square and a medium green triangle"
+`parse_caption` reads one back into its objects and relation (a prompt's attributes, for
+scoring what a model drew from it).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -151,6 +154,58 @@ def relation(a: ShapeObject, b: ShapeObject) -> str:
     if abs(dx) >= abs(dy):
         return "left of" if dx < 0 else "right of"
     return "above" if dy < 0 else "below"
+
+
+@dataclass(frozen=True)
+class PromptObject:
+    """One object a caption asks for."""
+
+    size: str
+    colour: str
+    shape: str
+
+    @property
+    def binding(self) -> str:
+        """ "red circle": the colour-shape pair (what held-out combinations name)."""
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class ParsedCaption:
+    """A caption read back: its objects as written and, for two, how the first lies from
+    the second ("left of", "right of", "above", "below"); None otherwise."""
+
+    objects: tuple[PromptObject, ...]
+    relation: str | None
+
+
+_PHRASE = re.compile(rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})")
+_RELATIONS = ("left of", "right of", "above", "below")
+
+
+def parse_caption(text: str) -> ParsedCaption:
+    """The objects and relation of a caption in the grammar of `caption` (module doc).
+    ValueError naming the text when it is not in that grammar."""
+    words = " ".join(text.strip().lower().split())
+
+    def phrase(part: str) -> PromptObject:
+        match = _PHRASE.fullmatch(part)
+        if match is None:
+            raise ValueError(
+                f"caption {text!r}: {part!r} is not 'a <size> <colour> <shape>' "
+                f"(sizes {SIZES}, colours {COLOURS}, shapes {SHAPES})"
+            )
+        return PromptObject(*match.groups())
+
+    for relation_words in _RELATIONS:
+        first, found, second = words.partition(f" {relation_words} ")
+        if found and "," not in words and " and " not in words:
+            return ParsedCaption((phrase(first), phrase(second)), relation_words)
+    if " and " in words:
+        head, _, last = words.rpartition(" and ")
+        parts = [*head.split(", "), last]
+        return ParsedCaption(tuple(phrase(part) for part in parts), None)
+    return ParsedCaption((phrase(words),), None)
 
 
 @cache

@@ -76,6 +76,10 @@ class DiffusionConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     word2vec_init: bool = False  # text: token embeddings start from the word2vec input's
+    # text: caption phrases ("yellow circle") kept out of training: every latent whose caption
+    # holds one (as whole words) is dropped, so the model has never seen those combinations
+    # and an evaluation can ask for them; saved with the model
+    held_out: list[str] = field(default_factory=list)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -86,6 +90,15 @@ class DiffusionConfig:
             "word2vec_init",
             self.word2vec_init,
             "false with condition: label (there is no text encoder to initialise)",
+        )
+        for phrase in self.held_out:
+            ok = isinstance(phrase, str) and bool(phrase.strip())
+            require(ok, "held_out", phrase, "a list of non-empty caption phrases")
+        require(
+            self.condition == "text" or not self.held_out,
+            "held_out",
+            self.held_out,
+            "[] with condition: label (held-out phrases are caption text)",
         )
         require(
             not (self.schedule.zero_terminal_snr and self.loss.prediction == "eps"),

@@ -8,7 +8,8 @@ Like a diffusers pipeline directory, a saved model is self-contained, so `loom g
 the MLflow model need nothing else:
 
     <dir>/config.json           format "loom-diffusion" v1: condition, schedule, prediction,
-                                unet, text, latent_shape, classes
+                                unet, text, latent_shape, classes, held_out (the
+                                caption phrases its training data was kept free of)
     <dir>/model.safetensors     the denoiser (UNet + text encoder; EMA weights when trained
                                 with EMA)
     <dir>/tokenizer/            the BPE tokenizer it was trained with (condition text)
@@ -55,6 +56,7 @@ class DiffusionModel:
         autoencoder: Autoencoder,
         tokenizer: BpeTokenizer | None,
         classes: Sequence[str] = (),
+        held_out: Sequence[str] = (),
     ):
         self.denoiser = denoiser.eval()
         self.schedule_config = schedule
@@ -64,6 +66,7 @@ class DiffusionModel:
         self.autoencoder = autoencoder
         self.tokenizer = tokenizer
         self.classes = list(classes)
+        self.held_out = list(held_out)  # caption phrases its training data had none of
 
     @property
     def condition(self) -> ConditionKind:
@@ -170,6 +173,7 @@ class DiffusionModel:
             "text": None if text is None else identity(text.config),
             "latent_shape": list(self.latent_shape),
             "classes": self.classes,
+            "held_out": self.held_out,
         }
         artifact.save(directory, KIND, VERSION, fields, artifact.module_state(denoiser))
         if self.tokenizer is not None:
@@ -193,11 +197,14 @@ class DiffusionModel:
             prediction = fields["prediction"]
             c, h, w = (int(v) for v in fields["latent_shape"])
             classes = [str(name) for name in fields["classes"]]
+            held_out = [str(phrase) for phrase in fields.get("held_out", [])]
         except (KeyError, TypeError, ValueError) as err:
             raise StageInputError(f"{where}: not a valid diffusion model config: {err}") from None
         denoiser = Denoiser(unet, text)
         artifact.load_module(directory, denoiser)
         tokenizer = None if text is None else BpeTokenizer.load(directory / TOKENIZER_DIR)
         autoencoder = Autoencoder.load(directory / AUTOENCODER_DIR)
-        model = cls(denoiser, schedule, prediction, (c, h, w), autoencoder, tokenizer, classes)
+        model = cls(
+            denoiser, schedule, prediction, (c, h, w), autoencoder, tokenizer, classes, held_out
+        )
         return model.to(device)

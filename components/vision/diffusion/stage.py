@@ -20,7 +20,11 @@ Inputs are checked before any training time is spent, each failure naming the fi
 latents whose shape is not the autoencoder's, a latent side the UNet cannot halve enough, a
 train split smaller than one batch, a tokenizer whose vocabulary is not `text.vocab_size`,
 `word2vec_init` without a word2vec input (or on another tokenizer), a label condition on
-data without labels.
+data without labels, a `held_out` phrase no training caption holds.
+
+`held_out` phrases ("yellow circle") drop every latent whose caption holds one, from train
+and val: the saved model carries the list, and `evaluate_diffusion` asks it for those
+combinations it never saw.
 """
 
 from __future__ import annotations
@@ -67,6 +71,40 @@ def sample_grid(model: DiffusionModel, prompts: list, per_prompt: int, guidance:
         prompts, per_prompt, guidance=guidance, sampler=sampler, seed=PREVIEW_SEED
     )
     return image_grid(images.permute(0, 2, 3, 1).numpy(), columns=per_prompt)
+
+
+def holds_phrase(caption: str, phrase: str) -> bool:
+    """`phrase` occurs in `caption` as whole words, case and spacing aside."""
+    words, wanted = caption.lower().split(), phrase.lower().split()
+    return any(words[i : i + len(wanted)] == wanted for i in range(len(words)))
+
+
+def without_held_out(split: LatentSplit, phrases: list[str]) -> tuple[LatentSplit, list[int]]:
+    """`split` less the rows whose caption holds one of `phrases`, and per phrase how many
+    rows held it."""
+    hits = [[holds_phrase(c, p) for c in split.captions] for p in phrases]
+    keep = [i for i in range(len(split)) if not any(row[i] for row in hits)]
+    kept = LatentSplit(
+        split.latents[keep],
+        split.ids[keep],
+        [split.captions[i] for i in keep],
+        [split.labels[i] for i in keep],
+        [split.objects[i] for i in keep],
+    )
+    return kept, [sum(row) for row in hits]
+
+
+def _hold_out(config: DiffusionConfig, split: LatentSplit, where: Path) -> LatentSplit:
+    if not config.held_out:
+        return split
+    kept, counts = without_held_out(split, config.held_out)
+    unmatched = [p for p, n in zip(config.held_out, counts, strict=True) if n == 0]
+    if unmatched:
+        raise StageInputError(
+            f"{where}: held_out {unmatched} occur in no training caption (a typo? held-out "
+            "phrases are caption words, e.g. 'yellow circle')"
+        )
+    return kept
 
 
 def _labels(split: LatentSplit, where: Path) -> torch.Tensor:
@@ -129,6 +167,10 @@ def _run(config: DiffusionConfig, io: StageIO) -> StageResult:
     autoencoder = Autoencoder.load(io.inputs["autoencoder"])
     _check(config, io, meta, autoencoder)
     train_split, val_split = read_latents(source, "train"), read_latents(source, "val")
+    held_out_rows = len(train_split)
+    train_split = _hold_out(config, train_split, source / "train.safetensors")
+    held_out_rows -= len(train_split)
+    val_split = without_held_out(val_split, config.held_out)[0]
     classes = [str(name) for name in meta.get("classes", [])]
     channels = int(meta["latent_shape"][0])
     tokenizer = _tokenizer(config, io) if config.condition == "text" else None
@@ -161,6 +203,7 @@ def _run(config: DiffusionConfig, io: StageIO) -> StageResult:
         return DiffusionModel(
             denoiser, config.schedule, config.loss.prediction, tuple(meta["latent_shape"]),
             autoencoder.to(next(denoiser.parameters()).device), tokenizer, classes,
+            config.held_out,
         )  # fmt: skip
 
     def on_eval(model: torch.nn.Module, step: int) -> dict[str, float]:
@@ -202,6 +245,7 @@ def _run(config: DiffusionConfig, io: StageIO) -> StageResult:
     metrics |= {
         "parameters": float(sum(p.numel() for p in denoiser.parameters())),
         "steps": float(result.step),
+        "held_out_latents": float(held_out_rows),
         "train_seconds": seconds,
         "train_latents_per_second": trained * config.train.batch_size / max(seconds, 1e-9),
     }

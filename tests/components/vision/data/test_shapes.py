@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 
+from components.vision.data import shapes
 from components.vision.data.config import ShapesConfig
 from components.vision.data.shapes import (
     BACKGROUND_MAX,
@@ -214,3 +215,34 @@ def test_overlap_cap():
         assert shown.sum() >= 0.75 * first.area
         overlapped += shown.sum() < first.area
     assert overlapped > 0  # overlap does happen under the cap
+
+
+def test_parse_caption_reads_back_every_caption_the_generator_writes():
+    config = ShapesConfig(seed=3, min_objects=1, max_objects=3)
+    seen = set()
+    for index in range(200):
+        drawn = shapes.render(config, index, 32)
+        parsed = shapes.parse_caption(drawn.caption)
+        seen.add(len(parsed.objects))
+        written = sorted((o.size, o.colour, o.shape) for o in drawn.objects)
+        assert sorted((o.size, o.colour, o.shape) for o in parsed.objects) == written
+        if len(drawn.objects) == 2:
+            first, second = drawn.objects
+            assert parsed.relation == shapes.relation(first, second)
+            assert (parsed.objects[0].shape, parsed.objects[0].colour) == (
+                first.shape,
+                first.colour,
+            )
+        else:
+            assert parsed.relation is None
+    assert seen == {1, 2, 3}
+
+
+def test_parse_caption_names_the_part_outside_the_grammar():
+    parsed = shapes.parse_caption("  A large  yellow circle below a small red star ")
+    assert parsed.objects[1] == shapes.PromptObject("small", "red", "star")
+    assert parsed.relation == "below" and parsed.objects[0].binding == "yellow circle"
+    with pytest.raises(ValueError, match="'a huge red circle' is not 'a <size> <colour> <shape>'"):
+        shapes.parse_caption("a huge red circle")
+    with pytest.raises(ValueError, match="'a red circle'"):
+        shapes.parse_caption("a small blue square left of a red circle")

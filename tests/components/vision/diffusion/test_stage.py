@@ -8,12 +8,14 @@ from components.config import build
 from components.stage import RecordingLogger, StageInputError, StageIO
 from components.text.bpe.trainer import train_bpe
 from components.vision.autoencoder.encode_stage import STAGE as ENCODE
+from components.vision.autoencoder.latents import read_latents
 from components.vision.autoencoder.stage import STAGE as AUTOENCODER
 from components.vision.data.config import ImagesConfig
 from components.vision.data.stage import STAGE as IMAGES
 from components.vision.diffusion.saved import DiffusionModel
 from components.vision.diffusion.serve import load as load_served
 from components.vision.diffusion.stage import STAGE as DIFFUSION
+from components.vision.diffusion.stage import holds_phrase, without_held_out
 from components.vision.grid import decode_png
 
 STEPS = 12
@@ -159,6 +161,8 @@ def test_label_condition_needs_no_tokenizer(inputs, tmp_path):
          r"300 but the text encoder was made for vocab_size 999"),
         ({}, "tokenizer", "condition: text, but the stage has no tokenizer input"),
         ({"word2vec_init": True}, None, "word2vec_init: true, but the stage has no word2vec"),
+        ({"held_out": ["handwritten seven", "purple seven"]}, None,
+         r"train\.safetensors: held_out \['purple seven'\] occur in no training caption"),
     ],
 )  # fmt: skip
 def test_inputs_that_do_not_fit_fail_before_training(inputs, tmp_path, changes, drop, message):
@@ -185,3 +189,28 @@ def test_latents_of_another_autoencoder_are_refused(inputs, tmp_path):
     AUTOENCODER.run(ae_config, StageIO({"images": images}, {"model": other}))
     with pytest.raises(StageInputError, match=r"latent_shape \[4, 8, 8\], but the autoencoder"):
         _train(_config(), {**inputs, "autoencoder": other}, tmp_path / "m")
+
+
+def test_holds_phrase_matches_whole_words_only():
+    assert holds_phrase("a small Yellow  circle left of a red star", "yellow circle")
+    assert not holds_phrase("a small yellow circles", "yellow circle")
+    assert not holds_phrase("a yellow square and a circle", "yellow circle")
+
+
+def test_held_out_captions_never_reach_training_and_the_model_keeps_the_list(inputs, tmp_path):
+    split = read_latents(inputs["latents"], "train")
+    kept, counts = without_held_out(split, ["seven", "handwritten one"])
+    sevens = sum(c.endswith("seven") for c in split.captions)
+    ones = sum(c.endswith(" one") for c in split.captions)
+    assert counts == [sevens, ones] and sevens > 0 and ones > 0
+    assert len(kept) == len(split) - sevens - ones
+    assert not any(c.endswith(("seven", " one")) for c in kept.captions)
+    assert kept.latents.shape[0] == len(kept) and kept.ids.tolist() == [
+        i for i, c in zip(split.ids.tolist(), split.captions, strict=True)
+        if not c.endswith(("seven", " one"))
+    ]  # fmt: skip
+
+    config = _config(held_out=["seven"], train={"steps": 2, "val_every": 2})
+    result, _ = _train(config, inputs, tmp_path / "m")
+    assert result.metrics["held_out_latents"] == sevens
+    assert DiffusionModel.load(tmp_path / "m").held_out == ["seven"]
