@@ -21,6 +21,8 @@ COMPONENTS: dict[str, str] = {
     "vision.encode_latents": "components.vision.autoencoder.encode_stage",
     "vision.train_diffusion": "components.vision.diffusion.stage",
     "vision.sample": "components.vision.diffusion.sample_stage",
+    "vision.feature_net": "components.vision.features.stage",
+    "vision.evaluate_diffusion": "components.vision.diffusion.evaluation.stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
     "detection.evaluate": "components.detection.evaluation.stage",

@@ -125,10 +125,13 @@ class DiffusionModel:
         sampler: SamplerConfig | None = None,
         seed: int = 0,
         on_step: Callable[[int], None] | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Scaled latents [len(prompts) · per_prompt, c, h, w]: per_prompt samples of each
         prompt in turn, sample j of every prompt from the noise of seed (seed, j), so a grid's
-        columns share their starting noise across prompts and guidance scales."""
+        columns share their starting noise across prompts and guidance scales. `noise`
+        [len(prompts) · per_prompt, c, h, w], when given, is the starting noise instead (an
+        evaluation drawing every sample from its own); `seed` still seeds DDPM's steps."""
         if per_prompt < 1:
             raise ValueError(f"per_prompt = {per_prompt}: expected an int >= 1")
         sampler_config = sampler or SamplerConfig()
@@ -140,7 +143,15 @@ class DiffusionModel:
             return denoiser.denoise(x, t, condition)
 
         denoise = guided_denoiser(network, cond, null, guidance)
-        noise = self._noise(len(prompts), per_prompt, seed)
+        count = len(prompts) * per_prompt
+        if noise is None:
+            noise = self._noise(len(prompts), per_prompt, seed)
+        elif tuple(noise.shape) != (count, *self.latent_shape):
+            raise ValueError(
+                f"noise {list(noise.shape)}: expected {[count, *self.latent_shape]} "
+                f"({len(prompts)} prompts × {per_prompt})"
+            )
+        noise = noise.to(self.device)
         run = build_sampler(sampler_config, self.schedule, self.prediction)
         generator = torch.Generator(self.device).manual_seed(seed)
         return sample(run, denoise, noise, generator=generator, on_step=on_step)

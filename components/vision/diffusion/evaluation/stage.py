@@ -1,0 +1,258 @@
+"""Stage "vision.evaluate_diffusion": a diffusion model's samples scored by Loom's own models.
+
+Inputs:
+    model      a `DiffusionModel` directory (train_diffusion's output)
+    features   the `FeatureNet` trained on the real images (stage feature_net)
+    images     those real images (stage images): prompts, reference and floor
+    detector   optional, shapes: a DETR (stage detector) for compositional scoring
+Output "report": a directory of
+    metrics.json              every figure below
+    guidance.json             one row per guidance scale: fd, prompt_accuracy,
+                              compositional_accuracy (the DVC plot against guidance)
+    guidance.png              the same, drawn
+    samples_<g>.png           the first `grid_images` samples at guidance g, their prompts' order
+    compositional_<g>.png     the held-out two-object samples at g (with a detector)
+
+Per guidance scale g (metrics "<name>/g<g>"), on one sample per prompt, the prompts being the
+first `prompts` val captions without a held-out phrase, each sample from its own noise:
+  fd                 Fréchet distance of the feature network's features of the samples to
+                     those of the prompts' own (real) images; "fd/real" is the floor: as many
+                     train images against the same reference
+  prompt_accuracy    the share of samples whose predicted attributes (every head) match their
+                     prompt's; "prompt_accuracy/real": the real images' own, the judge's ceiling
+  compositional      (detector) held-out two-object prompts judged by DETR: count, each
+                     object's shape and colour, the relation; "compositional_single": the
+                     held-out bindings alone; "compositional/real": real val images against
+                     their own captions, the judge's ceiling
+The best over scales: "fd" (lowest), "prompt_accuracy", "compositional_accuracy" (highest).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.detection.saved import Detector
+from components.device import select_device
+from components.stage import Output, Stage, StageInputError, StageIO, StageResult
+from components.vision.data.shapes import SHAPES, parse_caption
+from components.vision.data.store import ImageTable, read_images, read_meta
+from components.vision.diffusion.evaluation import compositional
+from components.vision.diffusion.evaluation.config import EvaluateDiffusionConfig
+from components.vision.diffusion.evaluation.frechet import frechet_distance
+from components.vision.diffusion.saved import DiffusionModel
+from components.vision.diffusion.stage import holds_phrase
+from components.vision.features.heads import agreement, expected
+from components.vision.features.saved import FeatureNet
+from components.vision.grid import image_grid, png_bytes
+
+
+def scale_name(scale: float) -> str:
+    return f"g{scale:g}"
+
+
+def _in_distribution(table: ImageTable, held_out: list[str]) -> list[int]:
+    """Rows whose caption holds none of the held-out phrases."""
+    return [
+        i for i, c in enumerate(table.captions) if not any(holds_phrase(c, p) for p in held_out)
+    ]
+
+
+class _Sampler:
+    """Draws images [N, H, W, C] for prompts, each from its own seeded noise."""
+
+    def __init__(self, model: DiffusionModel, config: EvaluateDiffusionConfig):
+        self.model, self.config = model, config
+
+    def __call__(self, prompts: list[str], guidance: float, seed: int) -> np.ndarray:
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((len(prompts), *self.model.latent_shape), generator=generator)
+        parts, step = [], self.config.batch_size
+        for start in range(0, len(prompts), step):
+            parts.append(
+                self.model.generate(
+                    prompts[start : start + step],
+                    1,
+                    guidance=guidance,
+                    sampler=self.config.sampler,
+                    seed=seed,
+                    noise=noise[start : start + step],
+                )  # fmt: skip
+            )
+        return torch.cat(parts).permute(0, 2, 3, 1).numpy()
+
+
+def _detector(io: StageIO, model: DiffusionModel) -> Detector | None:
+    if "detector" not in io.inputs:
+        return None
+    where = io.inputs["detector"]
+    if not model.held_out:
+        raise StageInputError(
+            f"{io.inputs['model']}: the model was trained without held_out phrases, so there "
+            f"is nothing to score compositionally with {where} (set train_diffusion's "
+            "held_out, or drop the detector input)"
+        )
+    detector = Detector.load(where)
+    if tuple(detector.classes) != SHAPES:
+        raise StageInputError(
+            f"{where}: the detector's classes {list(detector.classes)} are not the shapes "
+            f"{list(SHAPES)}: compositional scoring reads shapes prompts"
+        )
+    return detector
+
+
+def _run(config: EvaluateDiffusionConfig, io: StageIO) -> StageResult:
+    model_dir, images_dir = io.inputs["model"], io.inputs["images"]
+    model = DiffusionModel.load(model_dir)
+    if model.condition != "text":
+        raise StageInputError(f"{model_dir}: a label-conditioned model; prompts are captions")
+    net = FeatureNet.load(io.inputs["features"])
+    meta = read_meta(images_dir)
+    if (net.size, net.channels) != (meta.size, meta.channels):
+        raise StageInputError(
+            f"{io.inputs['features']}: a feature network for {net.size} px × {net.channels} "
+            f"channels, but {images_dir} holds {meta.size} px × {meta.channels}"
+        )
+    detector = _detector(io, model)
+    singles: list[str] = []
+    pairs: list[str] = []
+    if detector is not None:
+        try:
+            size = config.compositional.size
+            singles, pairs = compositional.held_out_prompts(model.held_out, size)
+        except ValueError as err:
+            raise StageInputError(f"{model_dir}: {err}") from None
+    val = read_images(images_dir / "val.parquet")
+    train = read_images(images_dir / "train.parquet")
+    val_rows = _in_distribution(val, model.held_out)[: config.prompts]
+    train_rows = _in_distribution(train, model.held_out)[: len(val_rows)]
+    if len(val_rows) < 2 or len(train_rows) < len(val_rows):
+        raise StageInputError(
+            f"{images_dir}: {len(val_rows)} val and {len(train_rows)} train images without a "
+            "held-out phrase: at least 2 val and as many train are needed"
+        )
+    prompts = [val.captions[i] for i in val_rows]
+    try:
+        wanted = [expected(net.heads, val.captions[i], val.labels[i]) for i in val_rows]
+    except ValueError as err:
+        raise StageInputError(f"{images_dir / 'val.parquet'}: {err}") from None
+    model.to(select_device(config.device, key="runtime.evaluate_diffusion.device"))
+
+    reference, shown = net.features_and_predict(val.images[val_rows])
+    floor = net.features(train.images[train_rows]).numpy()
+    metrics: dict[str, float] = {
+        "fd/real": frechet_distance(floor, reference.numpy()),
+        "prompt_accuracy/real": agreement(shown, wanted)["all"],
+        "prompts": float(len(prompts)),
+    }
+    out = io.outputs["report"]
+    out.mkdir(parents=True)
+    artifacts: list[Output] = []
+    draw = _Sampler(model, config)
+    rows: list[dict[str, float]] = []
+    started = time.perf_counter()
+    if detector is not None:
+        real_rows = [i for i in val_rows if len(parse_caption(val.captions[i]).objects) <= 2]
+        judged = _judge(
+            detector, config, val.images[real_rows], [val.captions[i] for i in real_rows]
+        )
+        metrics["compositional/real"] = judged["accuracy"]
+    for scale in config.guidance:
+        g = scale_name(scale)
+        images = draw(prompts, scale, config.seed)
+        try:
+            net.check(images, where=f"{model_dir}: its samples")
+        except ValueError as err:
+            raise StageInputError(str(err)) from None
+        features, predicted = net.features_and_predict(images)
+        fd = frechet_distance(features.numpy(), reference.numpy())
+        scores = agreement(predicted, wanted)
+        row = {"guidance": float(scale), "fd": fd, "prompt_accuracy": scores.pop("all")}
+        metrics[f"fd/{g}"], metrics[f"prompt_accuracy/{g}"] = fd, row["prompt_accuracy"]
+        metrics |= {f"prompt_accuracy/{head}/{g}": v for head, v in scores.items()}
+        name = f"samples_{g}.png"
+        _write_grid(out / name, images[: config.grid_images])
+        artifacts.append(Output("report", name))
+        if detector is not None:
+            c = config.compositional
+            single = _judge_samples(detector, draw, config, singles, scale, config.seed + 1)
+            pair_prompts = [p for p in pairs for _ in range(c.per_prompt)]
+            pair_images = draw(pair_prompts, scale, config.seed + 2)
+            judged = _judge(detector, config, pair_images, pair_prompts)
+            metrics[f"compositional_single/{g}"] = single["accuracy"]
+            metrics |= {f"compositional/{k}/{g}": v for k, v in judged.items() if k != "accuracy"}
+            metrics[f"compositional/{g}"] = row["compositional_accuracy"] = judged["accuracy"]
+            name = f"compositional_{g}.png"
+            _write_grid(out / name, pair_images[: config.grid_images])
+            artifacts.append(Output("report", name))
+        rows.append(row)
+    seconds = time.perf_counter() - started
+    metrics["fd"] = min(r["fd"] for r in rows)
+    metrics["prompt_accuracy"] = max(r["prompt_accuracy"] for r in rows)
+    if detector is not None:
+        metrics["compositional_accuracy"] = max(r["compositional_accuracy"] for r in rows)
+        metrics["compositional_prompts"] = float(len(pairs))
+    metrics["sample_seconds"] = seconds
+
+    (out / "guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
+    _plot(rows, out / "guidance.png")
+    summary = {"model": str(model_dir), "held_out": model.held_out, "metrics": metrics,
+               "prompts": prompts[:20], "compositional_prompts": pairs}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for name in ("guidance.json", "guidance.png", "metrics.json"):
+        artifacts.append(Output("report", name))
+    return StageResult(metrics=metrics, artifacts=artifacts)
+
+
+def _judge(detector: Detector, config: EvaluateDiffusionConfig, images, prompts) -> dict:
+    c = config.compositional
+    found = compositional.detect(detector, np.asarray(images), c.scale, c.threshold)
+    verdicts = [compositional.judge(p, f) for p, f in zip(prompts, found, strict=True)]
+    return compositional.rates(verdicts)
+
+
+def _judge_samples(detector, draw, config, prompts, scale, seed) -> dict:
+    repeated = [p for p in prompts for _ in range(config.compositional.per_prompt)]
+    return _judge(detector, config, draw(repeated, scale, seed), repeated)
+
+
+def _write_grid(path: Path, images: np.ndarray) -> None:
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    path.write_bytes(png_bytes(image_grid(images, columns=8)))
+
+
+def _plot(rows: list[dict[str, float]], path: Path) -> None:
+    """FD and accuracies against guidance, two panels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3.2), dpi=100)
+    FigureCanvasAgg(figure)
+    scales = [r["guidance"] for r in rows]
+    left, right = figure.subplots(1, 2)
+    left.plot(scales, [r["fd"] for r in rows], marker="o")
+    left.set(xlabel="guidance scale", ylabel="Fréchet distance", title="FD (lower is better)")
+    for key in ("prompt_accuracy", "compositional_accuracy"):
+        if key in rows[0]:
+            right.plot(scales, [r[key] for r in rows], marker="o", label=key.replace("_", " "))
+    right.set(xlabel="guidance scale", ylim=(0, 1), title="accuracy")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+STAGE = Stage(
+    name="vision.evaluate_diffusion",
+    version="1",
+    config=EvaluateDiffusionConfig,
+    inputs=("model", "features", "images"),
+    optional_inputs=("detector",),
+    outputs=("report",),
+    run=_run,
+    key_metrics=("fd", "prompt_accuracy", "compositional_accuracy"),
+)
