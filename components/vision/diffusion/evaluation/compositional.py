@@ -1,4 +1,4 @@
-"""GenEval-style scoring of generated shapes images by Loom's own DETR.
+"""GenEval-style scoring of generated images by Loom's own DETR.
 
 A prompt in the shapes grammar asks for objects (shape, colour; sizes are not scored) and,
 for two, a relation. A generated image passes when the detector, at score >= threshold,
@@ -11,6 +11,9 @@ for two, a relation. A generated image passes when the detector, at score >= thr
 
 and `Verdict.correct` is all three. The detector sees each image enlarged by `scale` so its
 objects have the sizes it was trained on (shapes-det draws at shape_scale 0.7 on 64 px).
+
+For a class-labelled set (digits) `judge_class` asks for one detection of the prompt's
+class: a second judge of prompt accuracy, independent of the feature network.
 
 `held_out_prompts` builds the prompts an evaluation asks a model for combinations it never
 saw: each held-out "colour shape" binding alone, and every ordered pair of them in each
@@ -112,6 +115,8 @@ def box_colour(image: np.ndarray, box: Sequence[float]) -> str | None:
 def detect(detector, images: np.ndarray, scale: float, threshold: float) -> list[list[Found]]:
     """uint8 images [N, H, W, 3] -> per image its detections above `threshold`, the image
     enlarged by `scale` (bilinear) for the detector and the boxes brought back."""
+    if images.shape[-1] == 1:  # grey: the detector reads RGB
+        images = np.repeat(images, 3, axis=-1)
     n, h, w = images.shape[:3]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     enlarged = [
@@ -156,6 +161,11 @@ def judge(prompt: str, found: Sequence[Found]) -> Verdict:
             objects and relation(chosen[0].as_object(), chosen[1].as_object()) == wanted.relation
         )
     return Verdict(counting, objects, position)
+
+
+def judge_class(name: str, found: Sequence[Found]) -> Verdict:
+    """One object of class `name` asked for (a digit): exactly one detection, of that class."""
+    return Verdict(len(found) == 1, any(f.shape == name for f in found), True)
 
 
 def rates(verdicts: Sequence[Verdict]) -> dict[str, float]:

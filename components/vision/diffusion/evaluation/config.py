@@ -14,11 +14,12 @@ Size = Literal["small", "medium", "large"]
 
 
 @dataclass
-class CompositionalConfig:
-    """Scoring by the detector (shapes, given a `detector` input and held-out bindings).
+class DetectorJudgeConfig:
+    """Scoring by the `detector` input, when given: compositional accuracy on the held-out
+    bindings (a shapes model trained with held_out), else the detected class (digits).
 
-    per_prompt:  samples of each held-out prompt per guidance scale (seeds 0..)
-    size:        the size word of the prompts ("a medium yellow circle left of ...")
+    per_prompt:  samples of each held-out prompt per guidance scale
+    size:        the size word of the held-out prompts ("a medium yellow circle left of ...")
     threshold:   DETR score a detection needs to count
     scale:       generated images are enlarged this much for the detector, so that objects
                  have the sizes it was trained on (shapes-det: shape_scale 0.7 on 64 px, the
@@ -46,14 +47,14 @@ class EvaluateDiffusionConfig:
     guidance:   the scales to score
     sampler:    how samples are drawn
     seed:       seeds the starting noise, each sample its own, the same at every scale
-    compositional: the detector's scoring (`CompositionalConfig`)
+    detector:   how the detector input judges samples (`DetectorJudgeConfig`)
     """
 
     prompts: int = 300
     guidance: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0])
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig("dpmpp_2m", 20))
     seed: int = 0
-    compositional: CompositionalConfig = field(default_factory=CompositionalConfig)
+    detector: DetectorJudgeConfig = field(default_factory=DetectorJudgeConfig)
     grid_images: int = 32  # samples shown per guidance scale in the report's grid
     batch_size: int = runtime_field(100)  # prompts per sampling loop
     device: Device = runtime_field("auto")

@@ -4,7 +4,8 @@ Inputs:
     model      a `DiffusionModel` directory (train_diffusion's output)
     features   the `FeatureNet` trained on the real images (stage feature_net)
     images     those real images (stage images): prompts, reference and floor
-    detector   optional, shapes: a DETR (stage detector) for compositional scoring
+    detector   optional: a DETR (stage detector): of the shapes, for compositional scoring
+               of a model with held-out bindings; else of the images' classes (digits-det)
 Output "report": a directory of
     metrics.json              every figure below
     guidance.json             one row per guidance scale: fd, prompt_accuracy,
@@ -24,6 +25,9 @@ first `prompts` val captions without a held-out phrase, each sample from its own
                      object's shape and colour, the relation; "compositional_single": the
                      held-out bindings alone; "compositional/real": real val images against
                      their own captions, the judge's ceiling
+  detected           (detector, no held-out bindings: digits) the share of samples in which
+                     the detector finds exactly one object, of the prompt's class;
+                     "detected/real": the real images'
 The best over scales: "fd" (lowest), "prompt_accuracy", "compositional_accuracy" (highest).
 """
 
@@ -86,21 +90,22 @@ class _Sampler:
         return torch.cat(parts).permute(0, 2, 3, 1).numpy()
 
 
-def _detector(io: StageIO, model: DiffusionModel) -> Detector | None:
+def _detector(io: StageIO, model: DiffusionModel, classes: tuple[str, ...]) -> Detector | None:
+    """The detector input: of SHAPES for a model with held-out bindings, else of the
+    images' own classes."""
     if "detector" not in io.inputs:
         return None
     where = io.inputs["detector"]
-    if not model.held_out:
-        raise StageInputError(
-            f"{io.inputs['model']}: the model was trained without held_out phrases, so there "
-            f"is nothing to score compositionally with {where} (set train_diffusion's "
-            "held_out, or drop the detector input)"
-        )
     detector = Detector.load(where)
-    if tuple(detector.classes) != SHAPES:
+    wanted, why = (
+        (SHAPES, "compositional scoring reads shapes prompts (the model has held_out phrases)")
+        if model.held_out
+        else (classes, "without held_out phrases it judges the images' classes")
+    )
+    if tuple(detector.classes) != tuple(wanted):
         raise StageInputError(
-            f"{where}: the detector's classes {list(detector.classes)} are not the shapes "
-            f"{list(SHAPES)}: compositional scoring reads shapes prompts"
+            f"{where}: the detector's classes {list(detector.classes)} are not "
+            f"{list(wanted)}: {why}"
         )
     return detector
 
@@ -117,12 +122,12 @@ def _run(config: EvaluateDiffusionConfig, io: StageIO) -> StageResult:
             f"{io.inputs['features']}: a feature network for {net.size} px × {net.channels} "
             f"channels, but {images_dir} holds {meta.size} px × {meta.channels}"
         )
-    detector = _detector(io, model)
+    detector = _detector(io, model, meta.classes)
     singles: list[str] = []
     pairs: list[str] = []
-    if detector is not None:
+    if detector is not None and model.held_out:
         try:
-            size = config.compositional.size
+            size = config.detector.size
             singles, pairs = compositional.held_out_prompts(model.held_out, size)
         except ValueError as err:
             raise StageInputError(f"{model_dir}: {err}") from None
@@ -155,12 +160,22 @@ def _run(config: EvaluateDiffusionConfig, io: StageIO) -> StageResult:
     draw = _Sampler(model, config)
     rows: list[dict[str, float]] = []
     started = time.perf_counter()
-    if detector is not None:
+    classes: list[str] = []
+    if detector is not None and not pairs:
+        if [h.name for h in net.heads] != ["class"]:
+            raise StageInputError(
+                f"{io.inputs['detector']}: without held_out phrases the detector judges class "
+                f"labels, but {io.inputs['features']} reads {[h.name for h in net.heads]}"
+            )
+        classes = [next(iter(w["class"])) for w in wanted]
+    if detector is not None and pairs:
         real_rows = [i for i in val_rows if len(parse_caption(val.captions[i]).objects) <= 2]
         judged = _judge(
             detector, config, val.images[real_rows], [val.captions[i] for i in real_rows]
         )
         metrics["compositional/real"] = judged["accuracy"]
+    elif detector is not None:
+        metrics["detected/real"] = _judge_classes(detector, config, val.images[val_rows], classes)
     for scale in config.guidance:
         g = scale_name(scale)
         images = draw(prompts, scale, config.seed)
@@ -177,8 +192,11 @@ def _run(config: EvaluateDiffusionConfig, io: StageIO) -> StageResult:
         name = f"samples_{g}.png"
         _write_grid(out / name, images[: config.grid_images])
         artifacts.append(Output("report", name))
-        if detector is not None:
-            c = config.compositional
+        if detector is not None and not pairs:
+            row["detected_accuracy"] = _judge_classes(detector, config, images, classes)
+            metrics[f"detected/{g}"] = row["detected_accuracy"]
+        elif detector is not None:
+            c = config.detector
             single = _judge_samples(detector, draw, config, singles, scale, config.seed + 1)
             pair_prompts = [p for p in pairs for _ in range(c.per_prompt)]
             pair_images = draw(pair_prompts, scale, config.seed + 2)
@@ -193,9 +211,11 @@ def _run(config: EvaluateDiffusionConfig, io: StageIO) -> StageResult:
     seconds = time.perf_counter() - started
     metrics["fd"] = min(r["fd"] for r in rows)
     metrics["prompt_accuracy"] = max(r["prompt_accuracy"] for r in rows)
-    if detector is not None:
+    if pairs:
         metrics["compositional_accuracy"] = max(r["compositional_accuracy"] for r in rows)
         metrics["compositional_prompts"] = float(len(pairs))
+    elif detector is not None:
+        metrics["detected_accuracy"] = max(r["detected_accuracy"] for r in rows)
     metrics["sample_seconds"] = seconds
 
     (out / "guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -208,15 +228,22 @@ def _run(config: EvaluateDiffusionConfig, io: StageIO) -> StageResult:
     return StageResult(metrics=metrics, artifacts=artifacts)
 
 
+def _judge_classes(detector: Detector, config: EvaluateDiffusionConfig, images, classes) -> float:
+    c = config.detector
+    found = compositional.detect(detector, np.asarray(images), c.scale, c.threshold)
+    verdicts = [compositional.judge_class(n, f) for n, f in zip(classes, found, strict=True)]
+    return compositional.rates(verdicts)["accuracy"]
+
+
 def _judge(detector: Detector, config: EvaluateDiffusionConfig, images, prompts) -> dict:
-    c = config.compositional
+    c = config.detector
     found = compositional.detect(detector, np.asarray(images), c.scale, c.threshold)
     verdicts = [compositional.judge(p, f) for p, f in zip(prompts, found, strict=True)]
     return compositional.rates(verdicts)
 
 
 def _judge_samples(detector, draw, config, prompts, scale, seed) -> dict:
-    repeated = [p for p in prompts for _ in range(config.compositional.per_prompt)]
+    repeated = [p for p in prompts for _ in range(config.detector.per_prompt)]
     return _judge(detector, config, draw(repeated, scale, seed), repeated)
 
 
@@ -237,7 +264,7 @@ def _plot(rows: list[dict[str, float]], path: Path) -> None:
     left, right = figure.subplots(1, 2)
     left.plot(scales, [r["fd"] for r in rows], marker="o")
     left.set(xlabel="guidance scale", ylabel="Fréchet distance", title="FD (lower is better)")
-    for key in ("prompt_accuracy", "compositional_accuracy"):
+    for key in ("prompt_accuracy", "compositional_accuracy", "detected_accuracy"):
         if key in rows[0]:
             right.plot(scales, [r[key] for r in rows], marker="o", label=key.replace("_", " "))
     right.set(xlabel="guidance scale", ylim=(0, 1), title="accuracy")
@@ -254,5 +281,5 @@ STAGE = Stage(
     optional_inputs=("detector",),
     outputs=("report",),
     run=_run,
-    key_metrics=("fd", "prompt_accuracy", "compositional_accuracy"),
+    key_metrics=("fd", "prompt_accuracy", "compositional_accuracy", "detected_accuracy"),
 )

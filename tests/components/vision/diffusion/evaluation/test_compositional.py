@@ -8,6 +8,7 @@ from components.vision.diffusion.evaluation.compositional import (
     box_colour,
     held_out_prompts,
     judge,
+    judge_class,
     parse_binding,
     rates,
 )
@@ -68,3 +69,12 @@ def test_held_out_prompts_are_the_bindings_alone_and_in_pairs():
         held_out_prompts(["handwritten seven", "red star"], "small")
     with pytest.raises(ValueError, match="at least 2 distinct"):
         held_out_prompts(["red star", "red  star"], "small")
+
+
+def test_a_class_prompt_wants_exactly_one_detection_of_its_class():
+    seven = Found("seven", None, (4.0, 4.0, 20.0, 28.0))
+    one = Found("one", None, (20.0, 4.0, 28.0, 28.0))
+    assert judge_class("seven", [seven]).correct
+    assert not judge_class("seven", [one]).correct
+    assert not judge_class("seven", [seven, one]).correct  # a second object
+    assert rates([judge_class("seven", [seven]), judge_class("seven", [])])["accuracy"] == 0.5

@@ -17,6 +17,7 @@ from components.vision.autoencoder.config import NetworkConfig, QuantizerConfig
 from components.vision.autoencoder.model import build_network
 from components.vision.autoencoder.saved import Autoencoder
 from components.vision.data.config import ImagesConfig
+from components.vision.data.digits import DIGIT_NAMES
 from components.vision.data.shapes import SHAPES
 from components.vision.data.stage import STAGE as IMAGES
 from components.vision.data.store import read_images
@@ -52,7 +53,7 @@ def _features(root, heads, channels):
 def digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate_digits")
     images = _store(root, source="digits", limit=80, val_fraction=0.3)
-    heads = heads_for("digits", [str(i) for i in range(10)], 0)
+    heads = heads_for("digits", DIGIT_NAMES, 0)
     return {"model": tiny_model().save(root / "model"), "features": _features(root, heads, 1),
             "images": images}  # fmt: skip
 
@@ -73,23 +74,26 @@ def _rgb_model(held_out):
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate_shapes")
     images = _store(root, source="shapes", shapes={"count": 60}, val_fraction=0.3)
-    torch.manual_seed(0)
-    config = build(DetrConfig, {"backbone": {"channels": [8, 16], "norm_groups": 4}, "dim": 16,
-                                "heads": 2, "encoder_layers": 1, "decoder_layers": 1,
-                                "num_queries": 4})  # fmt: skip
-    detector = Detector(Detr(config, len(SHAPES)), SHAPES, image_size=64, top_k=4)
     return {
         "model": _rgb_model(HELD_OUT).save(root / "model"),
         "features": _features(root, heads_for("shapes", [], 2), 3),
         "images": images,
-        "detector": detector.save(root / "detector"),
+        "detector": _detector(root / "detector", SHAPES),
     }
+
+
+def _detector(root, classes):
+    torch.manual_seed(0)
+    config = build(DetrConfig, {"backbone": {"channels": [8, 16], "norm_groups": 4}, "dim": 16,
+                                "heads": 2, "encoder_layers": 1, "decoder_layers": 1,
+                                "num_queries": 4})  # fmt: skip
+    return Detector(Detr(config, len(classes)), classes, image_size=64, top_k=4).save(root)
 
 
 def _config(**changes):
     data = {"prompts": 12, "guidance": [1.0, 4.0], "sampler": {"kind": "ddim", "steps": 2},
             "grid_images": 8, "batch_size": 5,
-            "compositional": {"per_prompt": 1, "threshold": 0.0}} | changes  # fmt: skip
+            "detector": {"per_prompt": 1, "threshold": 0.0}} | changes  # fmt: skip
     return build(EVALUATE.config, data)
 
 
@@ -165,10 +169,25 @@ def test_inputs_that_do_not_fit_are_refused(digits, shapes, tmp_path):
     ):
         EVALUATE.run(_config(), io)
     io = StageIO({**digits, "detector": shapes["detector"]}, {"report": tmp_path / "b"})
-    with pytest.raises(StageInputError, match="trained without held_out phrases"):
+    with pytest.raises(
+        StageInputError,
+        match=r"the detector's classes \['circle', .* are not "
+        r"\['zero', .*without held_out phrases it judges the images' classes",
+    ):
         EVALUATE.run(_config(), io)
     one = _rgb_model(["yellow circle"]).save(tmp_path / "one")
     io = StageIO({**shapes, "model": one}, {"report": tmp_path / "c"})
     with pytest.raises(StageInputError, match="at least 2 distinct held-out bindings"):
         EVALUATE.run(_config(), io)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_without_held_out_phrases_a_detector_of_the_classes_judges_the_digit(digits, tmp_path):
+    detector = _detector(tmp_path / "detector", DIGIT_NAMES)
+    io = StageIO({**digits, "detector": detector}, {"report": tmp_path / "r"})
+    m = EVALUATE.run(_config(detector={"threshold": 0.0}), io).metrics
+    # threshold 0 keeps all 4 queries: never exactly one object, so never right
+    assert m["detected/g1"] == m["detected/real"] == m["detected_accuracy"] == 0.0
+    io = StageIO({**digits, "detector": detector}, {"report": tmp_path / "s"})
+    m = EVALUATE.run(_config(detector={"threshold": 1.0}), io).metrics
+    assert m["detected_accuracy"] == 0.0 and "compositional_accuracy" not in m
