@@ -95,9 +95,9 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             ["-S", "nosuch.key=1"],
             "loom run: error: override 'nosuch.key': params.yaml: no key 'nosuch' (no 'nosuch' "
             "under the top level; have ['autoencoder', 'bpe', 'corpus', 'detection_data', "
-            "'detector', 'embedding_eval', 'encode_latents', 'evaluate_detector', 'images', "
-            "'loom', 'runtime', 'sample', 'stdlib_text', 'tokenize', 'train_diffusion', "
-            "'word2vec'])",
+            "'detector', 'embedding_eval', 'encode_latents', 'evaluate_detector', "
+            "'evaluate_diffusion', 'feature_net', 'images', 'loom', 'runtime', 'sample', "
+            "'stdlib_text', 'tokenize', 'train_diffusion', 'word2vec'])",
         ),
         (
             ["-S", "word2vec.dimm=300"],
@@ -131,8 +131,8 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             "loom run: error: typo.yaml: params overlay (-P): override 'embeding_eval': no "
             "such key in params.yaml (the top level has ['autoencoder', 'bpe', 'corpus', "
             "'detection_data', 'detector', 'embedding_eval', 'encode_latents', "
-            "'evaluate_detector', 'images', 'loom', 'runtime', 'sample', 'stdlib_text', "
-            "'tokenize', 'train_diffusion', 'word2vec'])",
+            "'evaluate_detector', 'evaluate_diffusion', 'feature_net', 'images', 'loom', "
+            "'runtime', 'sample', 'stdlib_text', 'tokenize', 'train_diffusion', 'word2vec'])",
         ),
     ],
 )

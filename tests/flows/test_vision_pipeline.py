@@ -53,9 +53,15 @@ TINY_VISION = {
         for name in ("digits", "shapes")
     },  # fmt: skip
     "sample": {name: {"per_prompt": 1, "sampler": {"steps": 2}} for name in ("digits", "shapes")},
+    "feature_net": {
+        name: {"network": {"channels": [8, 16], "feature_dim": 16},
+               "train": {"steps": 4, "batch_size": 16, "val_every": 4, "log_every": 1}}
+        for name in ("digits", "shapes")
+    },  # fmt: skip
     "runtime": {
         "autoencoder": {"train": {"progress": False}},
         "train_diffusion": {"train": {"progress": False}},
+        "feature_net": {"train": {"progress": False}},
     },
 }
 STAGES = [
@@ -63,6 +69,7 @@ STAGES = [
     "autoencoder@kl_digits", "autoencoder@kl_shapes", "autoencoder@vq_digits",
     "encode_latents@kl_digits", "encode_latents@kl_shapes", "encode_latents@vq_digits",
     "train_diffusion@digits", "train_diffusion@shapes", "sample@digits", "sample@shapes",
+    "feature_net@digits", "feature_net@shapes",
 ]  # fmt: skip
 
 
@@ -86,6 +93,8 @@ def test_every_vision_stage_ran_as_a_tracked_run(built):
         latents = yaml.safe_load((root / f"metrics/encode_latents_{variant}.json").read_text())
         assert latents["encode_latents"]["train_latent_std"] == pytest.approx(1.0, abs=0.1)
     assert read_latents(root / "data/latents/vq_digits", "val").latents.shape[1:] == (4, 8, 8)
+    features = yaml.safe_load((root / "metrics/feature_net_shapes.json").read_text())
+    assert {"accuracy", "accuracy/shape", "accuracy/count"} <= set(features["feature_net"])
 
 
 def test_curves_and_grids_reach_mlflow_at_every_validation(built):
