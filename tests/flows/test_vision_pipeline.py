@@ -54,8 +54,10 @@ TINY_VISION = {
     },  # fmt: skip
     "sample": {name: {"per_prompt": 1, "sampler": {"steps": 2}} for name in ("digits", "shapes")},
     "feature_net": {
-        name: {"network": {"channels": [8, 16], "feature_dim": 16},
-               "train": {"steps": 4, "batch_size": 16, "val_every": 4, "log_every": 1}}
+        name: {
+            "network": {"channels": [8, 16], "feature_dim": 16},
+            "train": {"steps": 4, "batch_size": 16, "val_every": 4, "log_every": 1},
+        }
         for name in ("digits", "shapes")
     },  # fmt: skip
     "runtime": {

@@ -27,8 +27,10 @@ class FeatureNetwork(nn.Module):
     def __init__(
         self, config: FeatureNetworkConfig, in_channels: int, size: int, heads: Sequence[Head]
     ):
-        """size: the image side; the trunk's last map (size / 2^levels per side) is flattened,
-        so that where things are reaches the feature (a relation, a count)."""
+        """size: the image side. The trunk's last map [B, c, s, s] (s = size / 2^levels) is
+        read the ways `config.readout` lists, concatenated and projected: flattened (where
+        things are: a digit's strokes, a relation), its mean and its maximum over positions
+        (what is there anywhere: an object's shape, wherever it was drawn)."""
         super().__init__()
         self.config, self.in_channels, self.heads = config, in_channels, tuple(heads)
         side = size // 2 ** len(config.channels)
@@ -41,16 +43,22 @@ class FeatureNetwork(nn.Module):
             levels.append(_level(c, width, config.groups))
             c = width
         self.trunk = nn.Sequential(*levels)
-        self.project = nn.Sequential(
-            nn.Flatten(), nn.Linear(c * side * side, config.feature_dim), nn.SiLU()
-        )
+        width = {"flatten": c * side * side, "mean": c, "max": c}
+        read = sum(width[way] for way in config.readout)
+        self.project = nn.Sequential(nn.Linear(read, config.feature_dim), nn.SiLU())
         self.outputs = nn.ModuleDict(
             {h.name: nn.Linear(config.feature_dim, len(h.names)) for h in heads}
         )
 
     def features(self, images: Tensor) -> Tensor:
         """images float [N, C, H, W] in [-1, 1] -> pooled features [N, feature_dim]."""
-        return self.project(self.trunk(images))
+        maps = self.trunk(images)  # [N, c, s, s]
+        ways = {
+            "flatten": lambda: maps.flatten(1),
+            "mean": lambda: maps.mean(dim=(2, 3)),
+            "max": lambda: maps.amax(dim=(2, 3)),
+        }
+        return self.project(torch.cat([ways[way]() for way in self.config.readout], dim=1))
 
     def forward(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """images float [N, C, H, W] in [-1, 1] -> (features [N, D], {head: logits [N, K]})."""

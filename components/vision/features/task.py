@@ -31,12 +31,16 @@ class LabelledImages(Dataset):
 def head_losses(
     heads: Sequence[Head], logits: Mapping[str, Tensor], targets: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
-    """Per head: BCE with logits (multi-label) or cross-entropy, each a mean over the batch."""
+    """Per head: BCE with logits summed over its outputs (multi-label) or cross-entropy, each
+    a mean over the batch."""
     losses = {}
     for head in heads:
         out, target = logits[head.name].float(), targets[head.name]
         if head.multi_label:
-            losses[head.name] = nn.functional.binary_cross_entropy_with_logits(out, target)
+            # summed over the head's outputs (each a yes/no question), as a softmax head's
+            # cross-entropy is one question: a mean would weigh a 7-way head 7 times less
+            bce = nn.functional.binary_cross_entropy_with_logits(out, target, reduction="none")
+            losses[head.name] = bce.sum(dim=1).mean()
         else:
             losses[head.name] = nn.functional.cross_entropy(out, target)
     return losses

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from components.vision.features.config import FeatureNetworkConfig
@@ -26,3 +27,14 @@ def test_to_input_and_shift():
     assert torch.isin(
         moved[0].flatten(), torch.cat([images[0].flatten(), torch.tensor([-1.0])])
     ).all()
+
+
+def test_readouts_set_the_projection_and_bad_ones_are_refused():
+    from components.config import ConfigError, build
+
+    heads = heads_for("digits", ["a", "b"], 0)
+    for readout, width in ((["flatten"], 16 * 8 * 8), (["mean", "max"], 32), (["max"], 16)):
+        config = FeatureNetworkConfig(channels=[8, 16], feature_dim=12, readout=readout)
+        assert FeatureNetwork(config, 1, 32, heads).project[0].in_features == width
+    with pytest.raises(ConfigError, match="readout"):
+        build(FeatureNetworkConfig, {"readout": ["avg"]})
