@@ -150,7 +150,12 @@ def caption(objects: list[ShapeObject] | tuple[ShapeObject, ...]) -> str:
 def relation(a: ShapeObject, b: ShapeObject) -> str:
     """Where `a` is from `b`: "left of" / "right of" / "above" / "below", along the axis on
     which their box centres differ most (image y grows downwards)."""
-    dx, dy = a.centre[0] - b.centre[0], a.centre[1] - b.centre[1]
+    return relation_of_centres(a.centre, b.centre)
+
+
+def relation_of_centres(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """`relation` for box centres (x, y) a and b."""
+    dx, dy = a[0] - b[0], a[1] - b[1]
     if abs(dx) >= abs(dy):
         return "left of" if dx < 0 else "right of"
     return "above" if dy < 0 else "below"

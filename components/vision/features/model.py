@@ -43,8 +43,8 @@ class FeatureNetwork(nn.Module):
             levels.append(_level(c, width, config.groups))
             c = width
         self.trunk = nn.Sequential(*levels)
-        width = {"flatten": c * side * side, "mean": c, "max": c}
-        read = sum(width[way] for way in config.readout)
+        widths = {"flatten": c * side * side, "mean": c, "max": c}
+        read = sum(widths[way] for way in config.readout)
         self.project = nn.Sequential(nn.Linear(read, config.feature_dim), nn.SiLU())
         self.outputs = nn.ModuleDict(
             {h.name: nn.Linear(config.feature_dim, len(h.names)) for h in heads}

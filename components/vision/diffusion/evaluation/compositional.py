@@ -34,9 +34,8 @@ from components.vision.data.shapes import (
     COLOUR_RGB,
     COLOURS,
     SHAPES,
-    ShapeObject,
     parse_caption,
-    relation,
+    relation_of_centres,
 )
 
 RELATIONS = ("left of", "right of", "above", "below")
@@ -52,9 +51,10 @@ class Found:
     colour: str | None
     box: tuple[float, float, float, float]
 
-    def as_object(self) -> ShapeObject:
+    @property
+    def centre(self) -> tuple[float, float]:
         x0, y0, x1, y1 = self.box
-        return ShapeObject(self.shape, self.colour or "", "", (x0, y0, x1 - x0, y1 - y0), 0)
+        return (x0 + x1) / 2, (y0 + y1) / 2
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def judge(prompt: str, found: Sequence[Found]) -> Verdict:
     position = True
     if wanted.relation is not None:
         position = (
-            objects and relation(chosen[0].as_object(), chosen[1].as_object()) == wanted.relation
+            objects and relation_of_centres(chosen[0].centre, chosen[1].centre) == wanted.relation
         )
     return Verdict(counting, objects, position)
 
