@@ -1,0 +1,65 @@
+"""The action pipeline's configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.config import require
+
+
+def _int_at_least(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+@dataclass
+class StreamsConfig:
+    """size:            frame side in pixels (the shapes images' 32: the vision encoder's)
+    frames:          frames per stream
+    train_streams:   streams per split; split s, stream i is drawn from numpy's Generator
+    val_streams:       seeded [seed, s, i] alone, so the splits never share a stream
+    test_streams:
+    min_length:      an action instance's length in frames, uniform in [min, max]
+    max_length:
+    min_gap:         background frames between instances, uniform in [min, max]
+    max_gap:
+    onset:           an action's first `onset` frames change almost nothing (an ease-in): it
+                     looks like background until it is under way
+    distractors:     other objects on the canvas, drifting slowly (never an action)
+    noise:           camera noise: the standard deviation of per-pixel Gaussian noise (0..255)
+    occlusion:       the chance per frame that a dark bar starts crossing the canvas
+    seed:            the streams' seed
+    """
+
+    size: int = 32
+    frames: int = 2000
+    train_streams: int = 6
+    val_streams: int = 2
+    test_streams: int = 2
+    min_length: int = 12
+    max_length: int = 40
+    min_gap: int = 4
+    max_gap: int = 30
+    onset: int = 4
+    distractors: int = 1
+    noise: float = 4.0
+    occlusion: float = 0.005
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(_int_at_least(self.size, 16), "size", self.size, "an int >= 16")
+        for key in ("train_streams", "val_streams", "test_streams"):
+            require(_int_at_least(getattr(self, key), 1), key, getattr(self, key), "an int >= 1")
+        require(_int_at_least(self.min_length, 2), "min_length", self.min_length, "an int >= 2")
+        ok = _int_at_least(self.max_length, self.min_length)
+        require(ok, "max_length", self.max_length, f"an int >= min_length = {self.min_length}")
+        require(_int_at_least(self.min_gap, 0), "min_gap", self.min_gap, "an int >= 0")
+        ok = _int_at_least(self.max_gap, self.min_gap)
+        require(ok, "max_gap", self.max_gap, f"an int >= min_gap = {self.min_gap}")
+        ok = _int_at_least(self.onset, 0) and self.onset < self.min_length
+        require(ok, "onset", self.onset, f"an int in [0, min_length = {self.min_length})")
+        enough = _int_at_least(self.frames, 4 * self.max_length)
+        require(enough, "frames", self.frames, f"an int >= 4 × max_length = {4 * self.max_length}")
+        require(_int_at_least(self.distractors, 0), "distractors", self.distractors, "an int >= 0")
+        require(0 <= self.noise <= 64, "noise", self.noise, "0 <= x <= 64")
+        require(0 <= self.occlusion < 1, "occlusion", self.occlusion, "0 <= x < 1")
+        require(0 <= self.seed < 2**63, "seed", self.seed, "0 <= x < 2**63")
