@@ -41,9 +41,10 @@ class DetectorJudgeConfig:
 
 @dataclass
 class EvaluateDiffusionConfig:
-    """prompts:    how many val captions (those without a held-out phrase, in order) to draw
-                one sample each from, per guidance scale; the FD's generated set. The real
-                reference is those val images; the floor, as many train images against it
+    """prompts:    how many val captions (those without a held-out phrase, in order, at most
+                half of them) to draw one sample each from, per guidance scale: the FD's
+                generated set, scored against as many other val images; the floor is the
+                prompts' own images against those
     guidance:   the scales to score
     sampler:    how samples are drawn
     seed:       seeds the starting noise, each sample its own, the same at every scale

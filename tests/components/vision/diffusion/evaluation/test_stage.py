@@ -52,7 +52,7 @@ def _features(root, heads, channels):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate_digits")
-    images = _store(root, source="digits", limit=80, val_fraction=0.3)
+    images = _store(root, source="digits", limit=120, val_fraction=0.3)
     heads = heads_for("digits", DIGIT_NAMES, 0)
     return {"model": tiny_model().save(root / "model"), "features": _features(root, heads, 1),
             "images": images}  # fmt: skip
@@ -110,18 +110,14 @@ def test_fd_and_prompt_accuracy_per_guidance_with_their_floors(digits, tmp_path)
     assert m["fd/g1"] != m["fd/g4"]  # the guidance changed the samples
     assert "compositional_accuracy" not in m  # no detector input
 
-    # the floors are what the parts compute on the first 12 val and train images
+    # the floors are what the parts compute on val images 0..11 (the prompts') and 12..23
     net = FeatureNet.load(digits["features"])
     val = read_images(digits["images"] / "val.parquet")
-    train = read_images(digits["images"] / "train.parquet")
-    reference, floor = net.features(val.images[:12]), net.features(train.images[:12])
-    assert m["fd/real"] == pytest.approx(frechet_distance(floor.numpy(), reference.numpy()))
-    wanted = [
-        expected(net.heads, c, lab)
-        for c, lab in zip(val.captions[:12], val.labels[:12], strict=True)
-    ]
+    real, reference = net.features(val.images[:12]), net.features(val.images[12:24])
+    assert m["fd/real"] == pytest.approx(frechet_distance(real.numpy(), reference.numpy()))
+    pairs = zip(val.captions[:12], val.labels[:12], strict=True)
+    wanted = [expected(net.heads, c, lab) for c, lab in pairs]
     assert m["prompt_accuracy/real"] == agreement(net.predict(val.images[:12]), wanted)["all"]
-
     rows = json.loads((out / "guidance.json").read_text())
     assert [r["guidance"] for r in rows] == [1.0, 4.0] and rows[0]["fd"] == m["fd/g1"]
     grid = decode_png((out / "samples_g4.png").read_bytes())
