@@ -23,6 +23,7 @@ COMPONENTS: dict[str, str] = {
     "vision.sample": "components.vision.diffusion.sample_stage",
     "vision.feature_net": "components.vision.features.stage",
     "vision.evaluate_diffusion": "components.vision.diffusion.evaluation.stage",
+    "action.streams": "components.action.streams_stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
     "detection.evaluate": "components.detection.evaluation.stage",
