@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
+import torch
 
 from components.vision.data.config import ShapesConfig
 from components.vision.data.shapes import COLOUR_RGB, render
 from components.vision.diffusion.evaluation.compositional import (
     Found,
     box_colour,
+    distinct,
     held_out_prompts,
     judge,
     judge_class,
@@ -78,3 +80,10 @@ def test_a_class_prompt_wants_exactly_one_detection_of_its_class():
     assert not judge_class("seven", [one]).correct
     assert not judge_class("seven", [seven, one]).correct  # a second object
     assert rates([judge_class("seven", [seven]), judge_class("seven", [])])["accuracy"] == 0.5
+
+
+def test_duplicates_are_one_object():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 4.0]])
+    assert distinct(boxes) == [0, 2, 3]  # box 1 repeats box 0 (IoU 0.81); box 3 overlaps 0.4
+    assert distinct(boxes, iou=0.9) == [0, 1, 2, 3]
+    assert distinct(torch.zeros(0, 4)) == []
