@@ -4,10 +4,13 @@ that must be there)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
 from components.config import ConfigError
+
+Device = Literal["auto", "cpu", "cuda", "mps"]  # what a config's device field may say
 
 
 def select_device(

@@ -24,6 +24,7 @@ COMPONENTS: dict[str, str] = {
     "vision.feature_net": "components.vision.features.stage",
     "vision.evaluate_diffusion": "components.vision.diffusion.evaluation.stage",
     "action.streams": "components.action.streams_stage",
+    "action.extract_features": "components.action.features_stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
     "detection.evaluate": "components.detection.evaluation.stage",

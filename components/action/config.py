@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.config import require
+from components.config import require, runtime_field
+from components.device import Device
 
 
 def _int_at_least(value: object, low: int) -> bool:
@@ -63,3 +64,19 @@ class StreamsConfig:
         require(0 <= self.noise <= 64, "noise", self.noise, "0 <= x <= 64")
         require(0 <= self.occlusion < 1, "occlusion", self.occlusion, "0 <= x < 1")
         require(0 <= self.seed < 2**63, "seed", self.seed, "0 <= x < 2**63")
+
+
+@dataclass
+class ActionFeaturesConfig:
+    """pool:    the latents are average-pooled to pool × pool per channel (1: their means)
+    motion:  concatenate each frame's difference from the frame before (a motion stream)
+    """
+
+    pool: int = 4
+    motion: bool = True
+    batch_size: int = runtime_field(256)
+    device: Device = runtime_field("auto")
+
+    def __post_init__(self) -> None:
+        require(_int_at_least(self.pool, 1), "pool", self.pool, "an int >= 1")
+        require(_int_at_least(self.batch_size, 1), "batch_size", self.batch_size, "an int >= 1")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from components.config import require, runtime_field
+from components.device import Device as Device  # the device picker's; re-exported
 
-Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16"]
 Schedule = Literal["cosine", "linear", "constant"]
 Switch = Literal["auto", "always", "never"]

@@ -97,8 +97,8 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             "under the top level; have ['action_streams', 'autoencoder', 'bpe', 'corpus', "
             "'detection_data', "
             "'detector', 'embedding_eval', 'encode_latents', 'evaluate_detector', "
-            "'evaluate_diffusion', 'feature_net', 'images', 'loom', 'runtime', 'sample', "
-            "'stdlib_text', 'tokenize', 'train_diffusion', 'word2vec'])",
+            "'evaluate_diffusion', 'extract_features', 'feature_net', 'images', 'loom', "
+            "'runtime', 'sample', 'stdlib_text', 'tokenize', 'train_diffusion', 'word2vec'])",
         ),
         (
             ["-S", "word2vec.dimm=300"],
@@ -133,8 +133,9 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             "such key in params.yaml (the top level has ['action_streams', 'autoencoder', "
             "'bpe', 'corpus', "
             "'detection_data', 'detector', 'embedding_eval', 'encode_latents', "
-            "'evaluate_detector', 'evaluate_diffusion', 'feature_net', 'images', 'loom', "
-            "'runtime', 'sample', 'stdlib_text', 'tokenize', 'train_diffusion', 'word2vec'])",
+            "'evaluate_detector', 'evaluate_diffusion', 'extract_features', 'feature_net', "
+            "'images', 'loom', 'runtime', 'sample', 'stdlib_text', 'tokenize', "
+            "'train_diffusion', 'word2vec'])",
         ),
     ],
 )
