@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from components.config import require, runtime_field
 from components.device import Device
+
+Attention = Literal["softmax", "linear"]  # components.nn.attention's kinds (not imported:
+# the data stages read this module and need no torch.nn)
 
 
 def _int_at_least(value: object, low: int) -> bool:
@@ -80,3 +84,52 @@ class ActionFeaturesConfig:
     def __post_init__(self) -> None:
         require(_int_at_least(self.pool, 1), "pool", self.pool, "an int >= 1")
         require(_int_at_least(self.batch_size, 1), "batch_size", self.batch_size, "an int >= 1")
+
+
+@dataclass
+class RecurrentConfig:
+    """An RNN / GRU / LSTM over the feature stream (torch's cells), trained on windows by
+    truncated BPTT and run online with its hidden state carried frame to frame."""
+
+    cell: str = "gru"  # rnn | gru | lstm
+    hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.0  # between layers (layers >= 2)
+
+    def __post_init__(self) -> None:
+        ok = self.cell in ("rnn", "gru", "lstm")
+        require(ok, "cell", self.cell, "one of rnn|gru|lstm")
+        require(_int_at_least(self.hidden, 1), "hidden", self.hidden, "an int >= 1")
+        require(_int_at_least(self.layers, 1), "layers", self.layers, "an int >= 1")
+        require(0 <= self.dropout < 1, "dropout", self.dropout, "0 <= x < 1")
+
+
+@dataclass
+class OadTRConfig:
+    """OadTR (Wang et al. 2021): an encoder over [task token; the `window` latest features +
+    positions], a decoder of `future` learned queries over its memory predicting the next
+    frames' classes; the current frame's classifier reads the task token's output and the
+    pooled decoder output. loss = CE(current) + future_weight · CE(future frames)."""
+
+    window: int = 64  # T: frames of history the encoder sees (the current one included)
+    future: int = 8  # ℓ: future frames the decoder predicts (0: no decoder)
+    dim: int = 128
+    heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 1
+    attention: Attention = "softmax"  # the shared attention module's kinds
+    dropout: float = 0.1
+    future_weight: float = 0.5  # λ
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        require(_int_at_least(self.window, 1), "window", self.window, "an int >= 1 (T)")
+        require(_int_at_least(self.future, 0), "future", self.future, "an int >= 0 (ℓ)")
+        require(self.dim % 2 == 0 and self.dim >= 2, "dim", self.dim, "an even int >= 2")
+        require(self.dim % self.heads == 0, "heads", self.heads, f"a divisor of dim {self.dim}")
+        for key in ("encoder_layers", "decoder_layers"):
+            require(_int_at_least(getattr(self, key), 1), key, getattr(self, key), "an int >= 1")
+        ok = self.attention in ("softmax", "linear")
+        require(ok, "attention", self.attention, "one of softmax|linear")
+        require(0 <= self.dropout < 1, "dropout", self.dropout, "0 <= x < 1")
+        require(self.future_weight >= 0, "future_weight", self.future_weight, "a float >= 0")
