@@ -25,6 +25,7 @@ COMPONENTS: dict[str, str] = {
     "vision.evaluate_diffusion": "components.vision.diffusion.evaluation.stage",
     "action.streams": "components.action.streams_stage",
     "action.extract_features": "components.action.features_stage",
+    "action.train": "components.action.stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
     "detection.evaluate": "components.detection.evaluation.stage",
