@@ -26,6 +26,7 @@ COMPONENTS: dict[str, str] = {
     "action.streams": "components.action.streams_stage",
     "action.extract_features": "components.action.features_stage",
     "action.train": "components.action.stage",
+    "action.evaluate": "components.action.evaluate_stage",
     "detection.data": "components.detection.data.stage",
     "detection.detector": "components.detection.stage",
     "detection.evaluate": "components.detection.evaluation.stage",

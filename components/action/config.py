@@ -133,3 +133,25 @@ class OadTRConfig:
         require(ok, "attention", self.attention, "one of softmax|linear")
         require(0 <= self.dropout < 1, "dropout", self.dropout, "0 <= x < 1")
         require(self.future_weight >= 0, "future_weight", self.future_weight, "a float >= 0")
+
+
+@dataclass
+class EvaluateActionConfig:
+    """split:          the streams scored ("test": never trained or validated on)
+    onset_frames:   onset mAP scores each instance's first this many frames
+    timeline:       frames of the split's first stream drawn in timeline.png
+    latency_frames: frames fed one at a time to measure the streaming latency
+    """
+
+    split: str = "test"
+    onset_frames: int = 4
+    timeline: int = 600
+    latency_frames: int = 300
+    device: Device = runtime_field("cpu")  # latency is a CPU figure (one core: threads)
+    threads: int = runtime_field(1)
+
+    def __post_init__(self) -> None:
+        ok = self.split in ("train", "val", "test")
+        require(ok, "split", self.split, "one of train|val|test")
+        for key in ("onset_frames", "timeline", "latency_frames", "threads"):
+            require(_int_at_least(getattr(self, key), 1), key, getattr(self, key), "an int >= 1")

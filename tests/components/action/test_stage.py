@@ -1,6 +1,8 @@
 """train_action on real (small) streams through a small random encoder: what it saves and
 reports, exact resume after a crash, and refusals."""
 
+import json
+
 import pytest
 import torch
 
@@ -83,3 +85,24 @@ def test_streams_shorter_than_a_chunk_are_refused(features, tmp_path):
     config = build(TRAIN.config, {"model": "recurrent", "chunk": 500, "burn_in": 4})
     with pytest.raises(StageInputError, match="240 frames, shorter than a chunk of 500"):
         TRAIN.run(config, StageIO({"features": features}, {"model": tmp_path / "m"}))
+
+
+def test_evaluation_scores_the_test_streams_and_draws_a_timeline(features, tmp_path):
+    from components.action.evaluate_stage import STAGE as EVALUATE
+    from components.action.metrics import frame_map
+
+    TRAIN.run(_config("recurrent"), StageIO({"features": features}, {"model": tmp_path / "m"}))
+    io = StageIO({"features": features, "model": tmp_path / "m"}, {"report": tmp_path / "r"})
+    config = build(EVALUATE.config, {"timeline": 100, "latency_frames": 20})
+    m = EVALUATE.run(config, io).metrics
+    meta = read_meta(features, FEATURES_FORMAT)
+    stored = read_features(features, meta, meta["streams"]["test"][0])
+    probs = ActionDetector.load(tmp_path / "m").probabilities(stored.features).numpy()
+    expected = frame_map(probs, stored.labels.numpy(), list(ACTIONS))
+    assert m["map"] == pytest.approx(expected["map"]) and m["cmap"] == pytest.approx(
+        expected["cmap"]
+    )
+    assert 0 <= m["onset_map"] <= 1 and m["frames_per_second"] > 0 and m["frames"] == 240
+    assert (tmp_path / "r" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((tmp_path / "r" / "timeline.json").read_text())) == 100
+    assert "ap/background" not in m
