@@ -147,8 +147,7 @@ class EvaluateActionConfig:
     onset_frames: int = 4
     timeline: int = 600
     latency_frames: int = 300
-    device: Device = runtime_field("cpu")  # latency is a CPU figure (one core: threads)
-    threads: int = runtime_field(1)
+    threads: int = runtime_field(1)  # CPU threads (latency is a CPU figure, one core)
 
     def __post_init__(self) -> None:
         ok = self.split in ("train", "val", "test")

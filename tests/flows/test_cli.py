@@ -95,10 +95,10 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             ["-S", "nosuch.key=1"],
             "loom run: error: override 'nosuch.key': params.yaml: no key 'nosuch' (no 'nosuch' "
             "under the top level; have ['action_streams', 'autoencoder', 'bpe', 'corpus', "
-            "'detection_data', "
-            "'detector', 'embedding_eval', 'encode_latents', 'evaluate_detector', "
-            "'evaluate_diffusion', 'extract_features', 'feature_net', 'images', 'loom', "
-            "'runtime', 'sample', 'stdlib_text', 'tokenize', 'train_diffusion', 'word2vec'])",
+            "'detection_data', 'detector', 'embedding_eval', 'encode_latents', "
+            "'evaluate_action', 'evaluate_detector', 'evaluate_diffusion', 'extract_features', "
+            "'feature_net', 'images', 'loom', 'runtime', 'sample', 'stdlib_text', 'tokenize', "
+            "'train_action', 'train_diffusion', 'word2vec'])",
         ),
         (
             ["-S", "word2vec.dimm=300"],
@@ -131,11 +131,10 @@ def test_a_malformed_command_line_is_a_usage_error(proj, argv, line):
             ["-P", "typo.yaml"],
             "loom run: error: typo.yaml: params overlay (-P): override 'embeding_eval': no "
             "such key in params.yaml (the top level has ['action_streams', 'autoencoder', "
-            "'bpe', 'corpus', "
-            "'detection_data', 'detector', 'embedding_eval', 'encode_latents', "
-            "'evaluate_detector', 'evaluate_diffusion', 'extract_features', 'feature_net', "
-            "'images', 'loom', 'runtime', 'sample', 'stdlib_text', 'tokenize', "
-            "'train_diffusion', 'word2vec'])",
+            "'bpe', 'corpus', 'detection_data', 'detector', 'embedding_eval', "
+            "'encode_latents', 'evaluate_action', 'evaluate_detector', 'evaluate_diffusion', "
+            "'extract_features', 'feature_net', 'images', 'loom', 'runtime', 'sample', "
+            "'stdlib_text', 'tokenize', 'train_action', 'train_diffusion', 'word2vec'])",
         ),
     ],
 )
