@@ -44,14 +44,15 @@ is DiffusionTask's: mean_b w(t_b) · mean((ε̂_b - ε_b)²), w = Min-SNR-γ fro
 steps/s (the steps after the first 5, which warm up; each model's own step time, forward,
 backward and optimizer) and the mean loss of the last 50 steps.
 
-Quality, as evaluate_diffusion: one sample per prompt for the first `--prompts` val captions,
+Quality, as evaluate_diffusion: one sample per prompt for the first n = min(`--prompts`, half
+the val images) val captions,
 each from its own noise (seed 0, the same noise for both models), guidance `--guidance`, Loom's
 DPM-Solver++(2M) at 20 steps: `guided_denoiser` over the model's `denoise(x, t, Condition)`
 (diffusers': its UNet wrapped as one), `build_sampler`, `sample`, decoded by the autoencoder
 (`to_uint8`), batches of 100 prompts, as `DiffusionModel.generate`. FD: `frechet_distance` of
-the feature network's features of the samples against those of the prompts' own val images;
+the feature network's features of the samples against those of the next n val images;
 prompt accuracy: `heads.agreement(predicted, expected(caption, labels))["all"]`. Printed with
-the floor (as many train images against the same reference) and the real images' accuracy.
+the floor (the prompts' own val images against the reference) and their accuracy.
 
 Samplers, on the Loom model, the same prompts and noise: DDIM (η 0) at 50 steps vs
 DPM-Solver++(2M) at 20: FD, prompt accuracy and seconds to draw and decode all prompts.
@@ -142,7 +143,6 @@ class Inputs:
     token_vectors: tuple[Tensor, list[int]] | None  # word2vec's, for the token embeddings
     features: FeatureNet
     val_images: ImageTable  # prompts (captions) and the FD reference
-    train_images: ImageTable  # the floor
 
 
 def require_dirs(args) -> None:
@@ -208,7 +208,6 @@ def read_inputs(args, config: DiffusionConfig) -> Inputs:
         token_vectors=token_vectors(config, args.word2vec, tokenizer),
         features=features,
         val_images=read_images(args.images / "val.parquet"),
-        train_images=read_images(args.images / "train.parquet"),
     )
 
 
@@ -404,22 +403,24 @@ class Evaluation:
     prompts: list[str]
     noise: Tensor  # [N, c, h, w], one per prompt
     wanted: list[Attributes]  # what each prompt's image should show
-    reference: np.ndarray  # features of the prompts' own val images
-    floor: float  # FD of as many train images to the reference
+    reference: np.ndarray  # features of as many other val images
+    floor: float  # FD of the prompts' own val images to the reference
     real_accuracy: float  # the val images' prompt accuracy
 
 
 def evaluation(inputs: Inputs, count: int) -> Evaluation:
-    """The first `count` val captions as prompts, as evaluate_diffusion (each its own noise)."""
+    """As evaluate_diffusion: the first n = min(`count`, half the val images) val captions
+    are the prompts (each its own noise), the next n val images the FD reference, and the
+    prompts' own images against it the floor."""
     val, net = inputs.val_images, inputs.features
-    n = min(count, len(val), len(inputs.train_images))
+    n = min(count, len(val) // 2)
     if n < 2:
-        raise SystemExit(f"{n} val images for prompts: FD needs at least 2")
+        raise SystemExit(f"{len(val)} val images: FD needs two halves of at least 2")
     prompts = val.captions[:n]
     wanted = [expected(net.heads, val.captions[i], val.labels[i]) for i in range(n)]
     features, shown = net.features_and_predict(val.images[:n])
-    reference = features.numpy()
-    floor = frechet_distance(net.features(inputs.train_images.images[:n]).numpy(), reference)
+    reference = net.features(val.images[n : 2 * n]).numpy()
+    floor = frechet_distance(features.numpy(), reference)
     noise = torch.randn((n, *inputs.latent_shape), generator=torch.Generator().manual_seed(SEED))
     return Evaluation(prompts, noise, wanted, reference, floor, agreement(shown, wanted)["all"])
 
@@ -516,7 +517,7 @@ def report_models(rows: dict[str, dict], run: Evaluation) -> None:
     )
     print(
         f"{'real':>10} {'':>14} {'':>8} {run.floor:>9.3f} {run.real_accuracy:>11.1%}   "
-        "(FD floor: as many train images; accuracy: the val images')"
+        "(FD floor: the prompts' own val images; accuracy: theirs)"
     )
     print(
         f"train steps/s: loom {speed:.2f}x diffusers (target >= {SPEED_TARGET:.1f}x: "
