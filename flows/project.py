@@ -221,13 +221,14 @@ def stage_named(repo: Repo, name: str) -> DvcStage:
     return found[0]
 
 
-def load_spec(root: Path, name: str, attempts: int = 20) -> StageSpec:
+def load_spec(root: Path, name: str, attempts: int = 60) -> StageSpec:
     """The resolved spec of stage `name` (e.g. "bpe@small"), without its upstream.
 
     DVC rewrites dvc.lock in place when `loom run` commits a finished stage; a stage process
     starting at that moment (`--jobs 2`) may read it half-written. That is retried; a lock
-    file still invalid after five seconds is reported as DVC reports it (one second was too
-    short on a 2-core machine under load: a CI run read it half-written for longer).
+    file still invalid after fifteen seconds is reported as DVC reports it (one second, then
+    five, were too short on a 2-core machine under load: CI runs read it half-written for
+    longer, while the test suite's other workers filled both cores).
     """
     from dvc.exceptions import DvcException
 
@@ -238,7 +239,9 @@ def load_spec(root: Path, name: str, attempts: int = 20) -> StageSpec:
                 for stage in repo.index.stages:  # a bad key anywhere in params fails all
                     check_stage_name(stage.name)
                 return spec
-        except DvcException as err:
+        # a half-written lock reaches here as DVC's error, or as ours when it broke the
+        # listing of stage names (`stage_named`'s message); both are retried
+        except (DvcException, ProjectError) as err:
             if attempt == attempts - 1 or "dvc.lock" not in str(err):
                 raise
             time.sleep(0.25)
