@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from components.config import require, runtime_field
@@ -73,16 +73,20 @@ class StreamsConfig:
 @dataclass
 class ActionFeaturesConfig:
     """pool:    the latents are average-pooled to pool × pool per channel (1: their means)
-    motion:  concatenate each frame's difference from the frame before (a motion stream)
+    motion:  lags k: concatenate each frame's difference from the frame k before (a motion
+             stream at several time scales); [] for appearance alone
     """
 
     pool: int = 4
-    motion: bool = True
+    motion: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     batch_size: int = runtime_field(256)
     device: Device = runtime_field("auto")
 
     def __post_init__(self) -> None:
         require(_int_at_least(self.pool, 1), "pool", self.pool, "an int >= 1")
+        ok = isinstance(self.motion, list) and all(_int_at_least(k, 1) for k in self.motion)
+        ok = ok and len(set(self.motion)) == len(self.motion)
+        require(ok, "motion", self.motion, "a list of distinct ints >= 1 (frame lags)")
         require(_int_at_least(self.batch_size, 1), "batch_size", self.batch_size, "an int >= 1")
 
 

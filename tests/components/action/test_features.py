@@ -31,35 +31,40 @@ def inputs(tmp_path_factory):
     return {"streams": root / "streams", "autoencoder": root / "autoencoder"}
 
 
-def test_appearance_is_pooled_latents_and_motion_their_difference():
+def test_appearance_is_pooled_latents_and_motion_their_lagged_differences():
     ae = _autoencoder()
     frames = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)
-    plain = frame_features(ae, frames, pool=2, motion=False)
+    plain = frame_features(ae, frames, pool=2, motion=[])
     assert plain.shape == (6, 4 * 2 * 2)  # 4 latent channels, pooled to 2x2
-    both = frame_features(ae, frames, pool=2, motion=True)
+    both = frame_features(ae, frames, pool=2, motion=[1, 4])
+    assert both.shape == (6, 3 * 16)
     assert torch.equal(both[:, :16], plain)
-    assert torch.allclose(both[1:, 16:], plain[1:] - plain[:-1]) and not both[0, 16:].any()
-    assert torch.equal(with_motion(plain), both)
+    one, four = both[:, 16:32], both[:, 32:]
+    assert torch.allclose(one[1:], plain[1:] - plain[:-1]) and not one[0].any()
+    assert torch.allclose(four[4:], plain[4:] - plain[:-4])
+    assert torch.allclose(four[:4], plain[:4] - plain[0])  # from frame 0 until 4 have passed
+    assert torch.equal(with_motion(plain, [1, 4]), both)
 
 
 def test_a_frame_seen_online_gets_the_batch_features():
-    """Frame t's features come from frames t-1 and t alone: computing them one step at a
-    time, as a stream arrives, gives the batch computation's."""
+    """Frame t's features come from frames t-3..t alone (lags up to 3): computing them from
+    the latest frames, as a stream arrives, gives the batch computation's."""
     ae = _autoencoder()
-    frames = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
-    batch = frame_features(ae, frames, pool=4, motion=True, batch=2)
-    for t in range(1, 5):
-        online = frame_features(ae, frames[t - 1 : t + 1], pool=4, motion=True)[-1]
+    frames = torch.randint(0, 256, (7, 32, 32, 3), dtype=torch.uint8)
+    batch = frame_features(ae, frames, pool=4, motion=[1, 3], batch=2)
+    for t in range(3, 7):
+        online = frame_features(ae, frames[t - 3 : t + 1], pool=4, motion=[1, 3])[-1]
         assert torch.allclose(online, batch[t], atol=1e-6)
 
 
 def test_the_stage_writes_features_with_the_streams_labels(inputs, tmp_path):
     out = tmp_path / "features"
     result = FEATURES.run(
-        build(FEATURES.config, {"pool": 2}), StageIO(dict(inputs), {"features": out})
+        build(FEATURES.config, {"pool": 2, "motion": [1]}),
+        StageIO(dict(inputs), {"features": out}),
     )
     meta = read_meta(out, FEATURES_FORMAT)
-    assert meta["dim"] == 32 == result.metrics["dim"] and meta["motion"] is True
+    assert meta["dim"] == 32 == result.metrics["dim"] and meta["motion"] == [1]
     source = read_meta(inputs["streams"])
     for split in ("train", "val", "test"):
         (entry,) = meta["streams"][split]
@@ -83,3 +88,9 @@ def test_a_features_file_of_another_dim_is_refused(inputs, tmp_path):
     meta["dim"] = 64
     with pytest.raises(StageInputError, match=r"expected float \[T, 64\]"):
         read_features(out, meta, meta["streams"]["val"][0])
+
+
+@pytest.mark.parametrize("motion", [[0], [2, 2], [1.5], True])
+def test_motion_lags_other_than_distinct_positive_ints_are_refused(motion):
+    with pytest.raises(ValueError, match="motion"):
+        build(FEATURES.config, {"motion": motion})
