@@ -40,7 +40,7 @@ import yaml
 from components.action.config import ActionFeaturesConfig, OadTRConfig, StreamsConfig
 from components.action.features import frame_features
 from components.action.metrics import frame_map, onset_map
-from components.action.models import OadTR
+from components.action.models import network
 from components.action.saved import ActionDetector
 from components.action.streaming import OnlineDetector
 from components.action.streams import ACTIONS, render_stream
@@ -94,15 +94,17 @@ def recipe(params: dict, name: str, steps: int, device: str) -> TrainActionConfi
                                          checkpoint_every=None))  # fmt: skip
 
 
-def frames_per_second(model: torch.nn.Module, features: torch.Tensor) -> float:
+def frames_per_second(model: torch.nn.Module, features: torch.Tensor, warm: int = 10) -> float:
+    """Steps `warm` frames (the timed ones then come after that much history), then times
+    LATENCY_FRAMES steps."""
     online = OnlineDetector(model.cpu())
-    for f in features[:10]:
+    for f in features[:warm]:
         online.step(f)
-    online.reset()
+    timed = features[warm : warm + LATENCY_FRAMES]
     started = time.perf_counter()
-    for f in features[:LATENCY_FRAMES]:
+    for f in timed:
         online.step(f)
-    return LATENCY_FRAMES / (time.perf_counter() - started)
+    return len(timed) / (time.perf_counter() - started)
 
 
 def run_model(name: str, params: dict, data: dict, args) -> dict:
@@ -134,14 +136,20 @@ def run_model(name: str, params: dict, data: dict, args) -> dict:
 
 
 def latency_table(params: dict, dim: int, windows: list[int]) -> dict:
+    """frames/s of OadTR stepped online, untrained: windowed softmax and linear at each T
+    (traced, see OnlineDetector), and causal linear with a state of T frames behind it (its
+    step does not depend on T)."""
     base = build(OadTRConfig, params["train_action"]["oadtr"]["oadtr"])
-    features = torch.randn(LATENCY_FRAMES + 10, dim)
     out = {}
-    for attention in ("softmax", "linear"):
+    for kind in ("softmax", "linear", "causal"):
         for window in windows:
             torch.manual_seed(0)
-            model = OadTR(replace(base, window=window, attention=attention), dim, len(ACTIONS))
-            out[f"{attention}@{window}"] = frames_per_second(model, features)
+            attention = "softmax" if kind == "softmax" else "linear"
+            config = replace(base, window=window, attention=attention, causal=kind == "causal")
+            model = network("oadtr", config, dim, len(ACTIONS))
+            # steady state: the timed steps come after a full window (a state of T frames)
+            features = torch.randn(window + LATENCY_FRAMES, dim)
+            out[f"{kind}@{window}"] = frames_per_second(model, features, window)
     return out
 
 

@@ -113,7 +113,11 @@ class OadTRConfig:
     """OadTR (Wang et al. 2021): an encoder over [task token; the `window` latest features +
     positions], a decoder of `future` learned queries over its memory predicting the next
     frames' classes; the current frame's classifier reads the task token's output and the
-    pooled decoder output. loss = CE(current) + future_weight · CE(future frames)."""
+    pooled decoder output. loss = CE(current) + future_weight · CE(future frames).
+
+    causal: true is the streaming form (`causal_oadtr`): every frame a token of one causal
+    linear-attention encoder over the stream, run online as a recurrence in O(1) per frame;
+    `window` is then the training context, and the online state spans the whole stream."""
 
     window: int = 64  # T: frames of history the encoder sees (the current one included)
     future: int = 8  # ℓ: future frames the decoder predicts (0: no decoder)
@@ -125,6 +129,7 @@ class OadTRConfig:
     dropout: float = 0.1
     future_weight: float = 0.5  # λ
     gradient_checkpointing: bool = False
+    causal: bool = False
 
     def __post_init__(self) -> None:
         require(_int_at_least(self.window, 1), "window", self.window, "an int >= 1 (T)")
@@ -136,6 +141,9 @@ class OadTRConfig:
         ok = self.attention in ("softmax", "linear")
         require(ok, "attention", self.attention, "one of softmax|linear")
         require(0 <= self.dropout < 1, "dropout", self.dropout, "0 <= x < 1")
+        require(isinstance(self.causal, bool), "causal", self.causal, "true or false")
+        ok = not self.causal or self.attention == "linear"
+        require(ok, "attention", self.attention, "linear with causal: true (its recurrence)")
         require(self.future_weight >= 0, "future_weight", self.future_weight, "a float >= 0")
 
 

@@ -12,6 +12,9 @@ summarises the history. ℓ learned queries decode the encoder's memory (self-at
 them, cross-attention to the memory) into the classes of frames t+1..t+ℓ: the model is taught
 to anticipate. The current frame's class is read from [task token output; the mean of the
 decoder outputs], concatenated.
+
+`network(kind, ...)` builds any of them from its config, `causal_oadtr.CausalOadTR` (OadTR
+with `causal: true`: the streaming form) included.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from components.action.causal_oadtr import CausalOadTR
 from components.action.config import OadTRConfig, RecurrentConfig
 from components.nn.transformer import TransformerConfig, TransformerDecoder, TransformerEncoder
 
@@ -85,13 +89,22 @@ class OadTR(nn.Module):
         """windows [B, T, D] (frame t last), padding_mask bool [B, T] (True: no frame there,
         before the stream's start) -> (current logits [B, K], future logits [B, ℓ, K] or
         None without a decoder)."""
-        b, t, _ = windows.shape
-        if t != self.config.window:
-            raise ValueError(f"windows of {t} frames: the model's window is {self.config.window}")
-        tokens = torch.cat([self.task_token.expand(b, 1, -1), self.embed(windows)], dim=1)
+        if windows.shape[1] != self.config.window:
+            raise ValueError(
+                f"windows of {windows.shape[1]} frames: the model's window is {self.config.window}"
+            )
+        return self.from_embedded(self.embed(windows), padding_mask)
+
+    def from_embedded(
+        self, embedded: Tensor, padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """`forward` after the per-frame projection: embedded [B, T, dim] = embed(windows).
+        Streaming keeps each frame's projection, made once, instead of its features."""
+        b = embedded.shape[0]
+        tokens = torch.cat([self.task_token.expand(b, 1, -1), embedded], dim=1)
         mask = None
         if padding_mask is not None:
-            keep_task = torch.zeros(b, 1, dtype=torch.bool, device=windows.device)
+            keep_task = torch.zeros(b, 1, dtype=torch.bool, device=embedded.device)
             mask = torch.cat([keep_task, padding_mask], dim=1)
         memory = self.encoder(tokens, key_padding_mask=mask)  # [B, T + 1, dim]
         task = memory[:, 0]  # what the classifier reads: the task token's output
@@ -101,3 +114,20 @@ class OadTR(nn.Module):
         decoded = self.decoder(queries, memory, context_padding_mask=mask)  # [B, ℓ, dim]
         current = self.classify(torch.cat([task, decoded.mean(dim=1)], dim=1))
         return current, self.classify_future(decoded)
+
+
+def network(
+    kind: str, config: RecurrentConfig | OadTRConfig, input_dim: int, num_classes: int
+) -> nn.Module:
+    """The detector of `kind` ("recurrent" | "oadtr"): RecurrentDetector, OadTR, or
+    CausalOadTR for an OadTR config with causal: true."""
+    if kind == "recurrent":
+        assert isinstance(config, RecurrentConfig)
+        return RecurrentDetector(config, input_dim, num_classes)
+    assert isinstance(config, OadTRConfig)
+    if config.causal:
+        return CausalOadTR(config, input_dim, num_classes)
+    return OadTR(config, input_dim, num_classes)
+
+
+DETECTORS = (RecurrentDetector, OadTR, CausalOadTR)

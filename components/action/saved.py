@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from components import artifact
 from components.action.config import OadTRConfig, RecurrentConfig
-from components.action.models import OadTR, RecurrentDetector
+from components.action.models import DETECTORS, RecurrentDetector
+from components.action.models import network as build_network
 from components.action.streaming import OnlineDetector, offline
 from components.config import build, identity
 from components.stage import StageInputError
@@ -29,7 +30,7 @@ KIND, VERSION = "action-detector", 1
 
 class ActionDetector:
     def __init__(self, network: nn.Module, classes: Sequence[str]):
-        if not isinstance(network, (RecurrentDetector, OadTR)):
+        if not isinstance(network, DETECTORS):
             raise TypeError(f"{type(network).__name__}: not an action detector network")
         if len(classes) != network.num_classes:
             raise ValueError(f"{len(classes)} class names for {network.num_classes} classes")
@@ -73,14 +74,11 @@ class ActionDetector:
         try:
             classes = [str(c) for c in fields["classes"]]
             input_dim = int(fields["input_dim"])
-            network: nn.Module
-            if fields["model"] == "recurrent":
-                config = build(RecurrentConfig, fields["network"], f"{where}: network")
-                network = RecurrentDetector(config, input_dim, len(classes))
-            else:
-                oadtr = build(OadTRConfig, fields["network"], f"{where}: network")
-                network = OadTR(oadtr, input_dim, len(classes))
+            kind = fields["model"]
+            section = RecurrentConfig if kind == "recurrent" else OadTRConfig
+            config = build(section, fields["network"], f"{where}: network")
+            model = build_network(kind, config, input_dim, len(classes))
         except (KeyError, TypeError, ValueError) as err:
             raise StageInputError(f"{where}: not a valid action detector config: {err}") from None
-        artifact.load_module(directory, network)
-        return cls(network.to(device), classes)
+        artifact.load_module(directory, model)
+        return cls(model.to(device), classes)

@@ -17,8 +17,8 @@ class TrainActionConfig:
     """model:      "recurrent" (the `recurrent` section: rnn | gru | lstm) or "oadtr"
     chunk:      recurrent: frames per training window (truncated BPTT: the state starts at
                 zero in each, the gradient stops at its start)
-    burn_in:    recurrent: the first frames of a window are not in the loss (the state warms
-                up, as it is warm online)
+    burn_in:    recurrent and causal OadTR: the first frames of a window are not in the loss
+                (the state warms up, as it is warm online)
     """
 
     model: ModelKind = "oadtr"
@@ -34,3 +34,7 @@ class TrainActionConfig:
         require(self.chunk >= 2, "chunk", self.chunk, "an int >= 2")
         ok = 0 <= self.burn_in < self.chunk
         require(ok, "burn_in", self.burn_in, f"an int in [0, chunk = {self.chunk})")
+        if self.model == "oadtr" and self.oadtr.causal:
+            window = self.oadtr.window
+            ok = self.burn_in < window
+            require(ok, "burn_in", self.burn_in, f"an int in [0, oadtr.window = {window})")

@@ -4,6 +4,7 @@ positions (1-D tables, 2-D sine), a conditioned convolutional residual block."""
 
 from components.nn.attention import (
     AttentionConfig,
+    LinearAttentionState,
     MultiHeadAttention,
     linear_attention,
     softmax_attention,
@@ -22,6 +23,7 @@ __all__ = [
     "AttentionConfig",
     "DecoderBlock",
     "EncoderBlock",
+    "LinearAttentionState",
     "MultiHeadAttention",
     "PositionEmbedding",
     "ResBlock",

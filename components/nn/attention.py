@@ -23,12 +23,17 @@ the keys), and a key of another length raises. `attn_mask` (softmax only) is boo
 with the other two by "blocked if any says so". Linear attention has no N×S weights to mask and
 raises on it. A query that sees no key at all (every key padded or blocked) gets a zero output,
 for both kinds.
+
+Causal linear attention is a recurrence ("Transformers are RNNs"): `step` takes one token and
+the running sums of the tokens before it, S = Σ φ(k_j) v_jᵀ [B, H, D, E] and z = Σ φ(k_j)
+[B, H, D], and returns the token's output and the sums with it added: O(1) time and memory per
+token however long the sequence, with outputs equal to the batched causal forward's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,13 @@ from components.config import require
 from components.nn.causal_linear import causal_linear_attention
 
 AttentionKind = Literal["softmax", "linear"]
+
+
+class LinearAttentionState(NamedTuple):
+    """Causal linear attention's running sums over the tokens seen so far."""
+
+    kv: Tensor  # Σ φ(k_j) v_jᵀ [B, H, D, E]
+    k: Tensor  # Σ φ(k_j) [B, H, D]
 
 
 @dataclass
@@ -116,6 +128,29 @@ class MultiHeadAttention(nn.Module):
             out = linear_attention(q, k, v, cfg.causal, key_padding_mask, cfg.chunk_size, cfg.eps)
         b, h, n, d = out.shape
         return self.dropout(self.out(out.transpose(1, 2).reshape(b, n, h * d)))
+
+    def step(
+        self, x: Tensor, state: LinearAttentionState | None = None
+    ) -> tuple[Tensor, LinearAttentionState]:
+        """Causal linear self-attention, one token at a time: x [B, dim], the state after the
+        tokens before it (None: the first token) -> (its output [B, dim], the state with it
+        added). Equals row i of `forward` over the whole sequence (tested)."""
+        cfg = self.config
+        if cfg.kind != "linear" or not cfg.causal:
+            raise ValueError(
+                f"step runs causal linear attention as a recurrence; this is {cfg.kind} "
+                f"attention with causal={cfg.causal}"
+            )
+        b = x.shape[0]
+        q, k, v = (proj(x).view(b, cfg.heads, -1) for proj in (self.to_q, self.to_k, self.to_v))
+        phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)  # [B, H, D]
+        kv = phi_k.unsqueeze(-1) * v.unsqueeze(-2)  # [B, H, D, E]
+        if state is not None:
+            kv, phi_k = kv + state.kv, phi_k + state.k
+        num = torch.einsum("bhd,bhde->bhe", phi_q, kv)
+        den = torch.linalg.vecdot(phi_q, phi_k).clamp_min(cfg.eps)
+        out = (num / den.unsqueeze(-1)).reshape(b, -1)
+        return self.dropout(self.out(out)), LinearAttentionState(kv, phi_k)
 
     def _split_heads(self, t: Tensor) -> Tensor:
         """[B, L, H·D] -> [B, H, L, D]"""

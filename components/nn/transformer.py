@@ -1,6 +1,6 @@
 """Pre-norm Transformer encoder and decoder stacks over `MultiHeadAttention`.
 
-    encoder block: h = norm(x);  x += attn(q = k = h + pos, v = h)
+    encoder block: h = norm(x);  x += attn(q = k = h + pos, v = h)     causal if encoder_causal
                    x += mlp(norm(x))
     decoder block: h = norm(x);  x += self_attn(q = k = h + query_pos, v = h)   causal by default
                    h = norm(x);  x += cross_attn(q = h + query_pos, k = context + pos, v = context)
@@ -18,6 +18,10 @@ where each layer looks without being mixed into what it passes on. For DETR set
 (a decoder forward argument) blocks chosen query pairs instead, as DN-DETR's denoising groups
 need. For cross-attention to a context of another width (a text encoder's, in latent
 diffusion) set `context_dim`.
+
+A causal linear encoder (`encoder_causal: true`, `attention: linear`, `position: none`) also
+runs as a recurrence, one token at a time (`TransformerEncoder.step`): each block carries its
+attention's running sums, so a token costs the same at position 10 or 10,000.
 
 Gradient checkpointing (`gradient_checkpointing: true`): in training with grad enabled, each
 block runs under `torch.utils.checkpoint.checkpoint(use_reentrant=False)`, which keeps only
@@ -46,7 +50,12 @@ from torch.utils.checkpoint import (
 )
 
 from components.config import require
-from components.nn.attention import AttentionConfig, AttentionKind, MultiHeadAttention
+from components.nn.attention import (
+    AttentionConfig,
+    AttentionKind,
+    LinearAttentionState,
+    MultiHeadAttention,
+)
 from components.nn.positional import PositionEmbedding, PositionKind
 
 
@@ -62,6 +71,7 @@ class TransformerConfig:
     max_len: int = 2048  # longest sequence the position table covers
     gradient_checkpointing: bool = False
     chunk_size: int = 64  # causal linear attention, see AttentionConfig
+    encoder_causal: bool = False  # encoder self-attention: token i sees tokens j <= i
     decoder_causal: bool = True  # decoder self-attention; false: queries see each other (DETR)
     context_dim: int | None = None  # decoder cross-attention: the context's width (None = dim)
 
@@ -134,7 +144,7 @@ class EncoderBlock(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.norm_attn, self.norm_mlp = nn.LayerNorm(config.dim), nn.LayerNorm(config.dim)
-        self.attn = MultiHeadAttention(config.attention_config())
+        self.attn = MultiHeadAttention(config.attention_config(causal=config.encoder_causal))
         self.mlp = Mlp(config)
 
     def forward(
@@ -146,6 +156,15 @@ class EncoderBlock(nn.Module):
         qk = _with_pos(h, pos)
         x = x + self.attn(qk, qk, h, key_padding_mask=key_padding_mask)
         return x + self.mlp(self.norm_mlp(x))
+
+    def step(
+        self, x: Tensor, state: LinearAttentionState | None = None
+    ) -> tuple[Tensor, LinearAttentionState]:
+        """One token of a causal linear block: x [B, dim] -> ([B, dim], state), see
+        `MultiHeadAttention.step`."""
+        out, state = self.attn.step(self.norm_attn(x), state)
+        x = x + out
+        return x + self.mlp(self.norm_mlp(x)), state
 
 
 class DecoderBlock(nn.Module):
@@ -230,6 +249,24 @@ class TransformerEncoder(_Stack):
         """x [B, N, dim], key_padding_mask bool [B, N] (True = padded), pos [B, N, dim] or
         [N, dim] (every block adds it to its queries and keys) -> [B, N, dim]"""
         return self._run(x, key_padding_mask, pos)
+
+    def step(
+        self, x: Tensor, states: list[LinearAttentionState] | None = None
+    ) -> tuple[Tensor, list[LinearAttentionState]]:
+        """A causal linear encoder as a recurrence: token x [B, dim] and every block's state
+        after the tokens before it (None: the first) -> (its output [B, dim], the states).
+        Equals row i of `forward` over the sequence; needs `position: none` (a running state
+        knows no index) and eval mode (no dropout)."""
+        if self.config.position != "none":
+            raise ValueError(
+                f"step needs position: none; this encoder adds {self.config.position} "
+                "positions by index, which a running state does not keep"
+            )
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            x, state = block.step(x, None if states is None else states[i])
+            new_states.append(state)
+        return self.norm(x), new_states
 
 
 class TransformerDecoder(_Stack):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from components.action.causal_oadtr import CausalOadTR
 from components.action.config import OadTRConfig, RecurrentConfig
 from components.action.models import OadTR, RecurrentDetector
 from components.config import ConfigError, build
@@ -66,8 +67,30 @@ def test_oadtr_padding_hides_frames_before_the_stream_started():
     ("cls", "data", "message"),
     [(OadTRConfig, {"window": 0}, "window"), (OadTRConfig, {"future": -1}, "future"),
      (OadTRConfig, {"attention": "sparse"}, "softmax|linear"),
+     (OadTRConfig, {"causal": True}, "linear with causal: true"),
      (RecurrentConfig, {"cell": "transformer"}, "rnn|gru|lstm")],
 )  # fmt: skip
 def test_bad_model_config_names_the_key(cls, data, message):
     with pytest.raises(ConfigError, match=message):
         build(cls, data)
+
+
+def test_causal_oadtr_reads_each_frames_own_token_and_predicts_the_next_l():
+    """Every frame is a token; the classifier reads that frame's memory token (its task
+    token: it has attended to every frame before) with the pooled decoder output."""
+    torch.manual_seed(0)
+    config = OadTRConfig(window=8, future=3, dim=16, heads=2, attention="linear", causal=True)
+    model = CausalOadTR(config, D, 5).eval()
+    features = torch.randn(2, 11, D)
+    current, future = model(features)
+    assert current.shape == (2, 11, 5) and future.shape == (2, 11, 3, 5)
+    memory = model.encoder(model.embed(features))
+    decoded = model.queries.expand(2, 11, -1, -1)
+    for block in model.blocks:
+        decoded = block(decoded, memory)
+    decoded = model.norm(decoded)
+    read = model.classify(torch.cat([memory, decoded.mean(2)], -1))
+    assert torch.allclose(read, current, atol=1e-6)
+    assert torch.allclose(model.classify_future(decoded), future, atol=1e-6)
+    with pytest.raises(ValueError, match="causal: true"):
+        CausalOadTR(OadTRConfig(attention="linear"), D, 5)

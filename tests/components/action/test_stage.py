@@ -31,10 +31,14 @@ def features(tmp_path_factory):
 
 
 def _config(model="oadtr", steps=8):
+    causal = model == "causal"
+    oadtr = {"window": 8, "future": 2, "dim": 16, "heads": 2, "dropout": 0.0}
+    if causal:
+        oadtr |= {"attention": "linear", "causal": True}
     return build(TRAIN.config, {
-        "model": model,
+        "model": "oadtr" if causal else model,
         "recurrent": {"cell": "lstm", "hidden": 16},
-        "oadtr": {"window": 8, "future": 2, "dim": 16, "heads": 2, "dropout": 0.0},
+        "oadtr": oadtr,
         "chunk": 16, "burn_in": 4,
         "train": {"steps": steps, "batch_size": 16, "lr": 1e-3, "log_every": 2, "val_every": 4,
                   "checkpoint_every": 4, "progress": False},
@@ -52,14 +56,17 @@ class CrashAt(RecordingLogger):
         super().log_metrics(step, metrics)
 
 
-@pytest.mark.parametrize("model", ["recurrent", "oadtr"])
+@pytest.mark.parametrize("model", ["recurrent", "oadtr", "causal"])
 def test_a_detector_is_saved_with_val_map(features, tmp_path, model):
     out = tmp_path / "model"
     result = TRAIN.run(_config(model), StageIO({"features": features}, {"model": out}))
     assert {"loss", "accuracy", "val_map", "val_cmap", "steps"} <= result.metrics.keys()
     assert 0 <= result.metrics["val_map"] <= 1
     detector = ActionDetector.load(out)
-    assert detector.kind == model and detector.classes == list(ACTIONS)
+    assert detector.kind == ("oadtr" if model == "causal" else model)
+    assert detector.classes == list(ACTIONS)
+    names = {"recurrent": "RecurrentDetector", "oadtr": "OadTR", "causal": "CausalOadTR"}
+    assert type(detector.network).__name__ == names[model]
     meta = read_meta(features, FEATURES_FORMAT)
     stored = read_features(features, meta, meta["streams"]["test"][0])
     probs = detector.probabilities(stored.features)

@@ -33,15 +33,21 @@ def test_chunks_cover_every_stream_to_its_end():
     data = Chunks([(features, labels)], length=8)
     starts = [start for _, start in data.index]
     assert starts == [0, 4, 8, 12, 16, 20, 24, 28, 29]
+    chunk, chunk_labels, ahead = Chunks([(features, labels)], length=8, future=2)[8]
+    assert torch.equal(chunk, features[29:]) and torch.equal(chunk_labels, labels[29:])
+    assert ahead[0].tolist() == labels[30:32].tolist()  # frame t's labels of t+1, t+2
+    assert ahead[-1].tolist() == [IGNORE, IGNORE]  # past the stream's end
     with pytest.raises(ValueError, match="shorter than a chunk"):
         Chunks([(features[:5], labels[:5])], length=8)
 
 
 @pytest.mark.parametrize(
     "model", [{"model": "recurrent", "recurrent": {"cell": "gru", "hidden": 16}},
-              {"model": "oadtr", "oadtr": {"window": 6, "future": 2, "dim": 16, "heads": 2}}],
+              {"model": "oadtr", "oadtr": {"window": 6, "future": 2, "dim": 16, "heads": 2}},
+              {"model": "oadtr", "oadtr": {"window": 10, "future": 2, "dim": 16, "heads": 2,
+                                           "attention": "linear", "causal": True}}],
 )  # fmt: skip
-def test_both_kinds_learn_a_separable_stream(model):
+def test_every_kind_learns_a_separable_stream(model):
     config = build(TrainActionConfig, {**model, "chunk": 10, "burn_in": 2,
                    "train": {"steps": 60, "batch_size": 16, "lr": 1e-2, "progress": False,
                              "log_every": 60, "val_every": 60}})  # fmt: skip
@@ -55,3 +61,6 @@ def test_bad_train_config_names_the_key():
         build(TrainActionConfig, {"chunk": 8, "burn_in": 8})
     with pytest.raises(ConfigError, match="recurrent|oadtr"):
         build(TrainActionConfig, {"model": "tcn"})
+    causal = {"window": 8, "attention": "linear", "causal": True}
+    with pytest.raises(ConfigError, match="oadtr.window = 8"):
+        build(TrainActionConfig, {"oadtr": causal, "chunk": 64, "burn_in": 8})

@@ -328,3 +328,38 @@ def test_config_validation_names_the_key():
     assert (cfg.decoder_causal, cfg.context_dim) == (True, None)
     cfg = build(TransformerConfig, {"decoder_causal": False, "context_dim": 768})
     assert (cfg.decoder_causal, cfg.context_dim) == (False, 768)
+
+
+def test_a_causal_linear_encoder_stepped_token_by_token_equals_its_batched_forward():
+    """The recurrence (running sums per block) gives every row the chunked causal forward
+    gives, and a token's output never depends on later tokens."""
+    torch.manual_seed(0)
+    config = TransformerConfig(
+        dim=32, depth=2, heads=4, attention="linear", encoder_causal=True, position="none",
+        chunk_size=8,
+    )  # fmt: skip
+    encoder = TransformerEncoder(config).eval()
+    x = torch.randn(3, 21, 32)
+    with torch.no_grad():
+        batched = encoder(x)
+        states, rows = None, []
+        for i in range(21):
+            row, states = encoder.step(x[:, i], states)
+            rows.append(row)
+        later = x.clone()
+        later[:, 11:] += torch.randn(3, 10, 32)
+        perturbed = encoder(later)
+    assert torch.allclose(torch.stack(rows, 1), batched, atol=1e-5)
+    assert torch.allclose(perturbed[:, :11], batched[:, :11], atol=1e-6)
+    assert not torch.allclose(perturbed[:, 11:], batched[:, 11:], atol=1e-3)
+
+
+def test_step_refuses_an_encoder_it_cannot_run_as_a_recurrence():
+    softmax = TransformerEncoder(TransformerConfig(dim=16, depth=1, heads=2, position="none",
+                                                   encoder_causal=True))  # fmt: skip
+    with pytest.raises(ValueError, match="causal linear attention as a recurrence"):
+        softmax.step(torch.zeros(1, 16))
+    positioned = TransformerEncoder(TransformerConfig(dim=16, depth=1, heads=2, attention="linear",
+                                                      encoder_causal=True))  # fmt: skip
+    with pytest.raises(ValueError, match="position: none"):
+        positioned.step(torch.zeros(1, 16))
