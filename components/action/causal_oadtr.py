@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from components.action.config import OadTRConfig
+from components.action.standardize import FeatureScale
 from components.nn.attention import (
     AttentionConfig,
     LinearAttentionState,
@@ -137,7 +138,7 @@ class CausalOadTR(nn.Module):
             raise ValueError("CausalOadTR needs an OadTR config with causal: true, linear")
         self.config, self.input_dim, self.num_classes = config, input_dim, num_classes
         dim = config.dim
-        self.embed = nn.Linear(input_dim, dim)
+        self.embed = nn.Sequential(FeatureScale(input_dim), nn.Linear(input_dim, dim))
         layers = TransformerConfig(
             dim=dim,
             depth=config.encoder_layers,

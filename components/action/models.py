@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from components.action.causal_oadtr import CausalOadTR
 from components.action.config import OadTRConfig, RecurrentConfig
+from components.action.standardize import FeatureScale
 from components.nn.transformer import TransformerConfig, TransformerDecoder, TransformerEncoder
 
 State = Tensor | tuple[Tensor, Tensor] | None  # h (rnn, gru) or (h, c) (lstm)
@@ -34,7 +35,9 @@ class RecurrentDetector(nn.Module):
     def __init__(self, config: RecurrentConfig, input_dim: int, num_classes: int):
         super().__init__()
         self.config, self.input_dim, self.num_classes = config, input_dim, num_classes
-        self.embed = nn.Sequential(nn.Linear(input_dim, config.hidden), nn.ReLU())
+        self.embed = nn.Sequential(
+            FeatureScale(input_dim), nn.Linear(input_dim, config.hidden), nn.ReLU()
+        )
         dropout = config.dropout if config.layers > 1 else 0.0
         self.cell = CELLS[config.cell](
             config.hidden, config.hidden, config.layers, batch_first=True, dropout=dropout
@@ -65,7 +68,7 @@ class OadTR(nn.Module):
         super().__init__()
         self.config, self.input_dim, self.num_classes = config, input_dim, num_classes
         dim = config.dim
-        self.embed = nn.Linear(input_dim, dim)
+        self.embed = nn.Sequential(FeatureScale(input_dim), nn.Linear(input_dim, dim))
         self.task_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.task_token, std=0.02)
         self.encoder = TransformerEncoder(
@@ -131,3 +134,10 @@ def network(
 
 
 DETECTORS = (RecurrentDetector, OadTR, CausalOadTR)
+
+
+def feature_scale(model: nn.Module) -> FeatureScale:
+    """The detector's first layer: its features' standardisation (fit on the train frames)."""
+    scale = model.embed[0]
+    assert isinstance(scale, FeatureScale)
+    return scale

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from components.action.causal_oadtr import CausalOadTR
-from components.action.models import RecurrentDetector, network
+from components.action.models import RecurrentDetector, feature_scale, network
+from components.action.standardize import FeatureScale
 from components.action.streaming import windows
 from components.action.train_config import TrainActionConfig
 
@@ -92,6 +93,9 @@ class ActionTask:
     ):
         """train, val: (features [N, D], labels [N]) per stream."""
         self.config, self.input_dim, self.num_classes = config, input_dim, num_classes
+        self.scale = FeatureScale(input_dim)  # the train frames' statistics, for every model
+        if train:
+            self.scale.fit(torch.cat([features for features, _ in train]))
         self.train_data: Dataset = self._samples(train)
         self.val_data: Dataset | None = self._samples(val) if val else None
 
@@ -106,7 +110,9 @@ class ActionTask:
     def model(self) -> nn.Module:
         c = self.config
         section = c.recurrent if c.model == "recurrent" else c.oadtr
-        return network(c.model, section, self.input_dim, self.num_classes)
+        model = network(c.model, section, self.input_dim, self.num_classes)
+        feature_scale(model).load_state_dict(self.scale.state_dict())
+        return model
 
     def loss(self, model: nn.Module, batch) -> tuple[Tensor, Mapping[str, float | Tensor]]:
         kept = slice(self.config.burn_in, None)

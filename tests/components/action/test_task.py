@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from components.action.models import feature_scale
 from components.action.task import IGNORE, ActionTask, Chunks, Windows
 from components.action.train_config import TrainActionConfig
 from components.config import ConfigError, build
@@ -64,3 +65,21 @@ def test_bad_train_config_names_the_key():
     causal = {"window": 8, "attention": "linear", "causal": True}
     with pytest.raises(ConfigError, match="oadtr.window = 8"):
         build(TrainActionConfig, {"oadtr": causal, "chunk": 64, "burn_in": 8})
+
+
+def test_every_model_standardises_its_features_by_the_train_frames():
+    """The motion dimensions are tiny beside the appearance ones: each model's first layer
+    scales every dimension by the train frames' mean and std, a buffer saved with it."""
+    streams = [_stream(seed=i) for i in range(2)]
+    spread, offset = (
+        torch.tensor([1.0, 1.0, 1.0, 1e-3, 1e-3, 50.0]),
+        torch.tensor([3.0, 3, 3, 0, 0, 3]),
+    )
+    streams = [(f * spread + offset, y) for f, y in streams]
+    config = build(TrainActionConfig, {"model": "recurrent", "chunk": 10, "burn_in": 2})
+    model = ActionTask(config, 6, 3, streams, []).model()
+    frames = torch.cat([f for f, _ in streams])
+    scaled = feature_scale(model)(frames)
+    assert torch.allclose(scaled.mean(0), torch.zeros(6), atol=1e-5)
+    assert torch.allclose(scaled.std(0), torch.ones(6), atol=1e-4)
+    assert {"embed.0.mean", "embed.0.std"} <= model.state_dict().keys()
