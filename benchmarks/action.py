@@ -9,17 +9,16 @@ Data: params.yaml `action_streams`, rendered here in memory by the stage's own c
 the pipeline's kl_shapes autoencoder (`--autoencoder`, made by `dvc repro
 autoencoder@kl_shapes`) as params.yaml `extract_features` says: the same features
 `extract_features` stores. Every model trains from `torch.manual_seed(0)` through the one
-engine with its params.yaml `train_action.<name>` recipe (oadtr_linear: oadtr's, attention
-linear) for `--steps` steps on the train streams, and is scored on the test streams, every
+engine with its params.yaml `train_action.<name>` recipe (oadtr_linear, oadtr_causal: see
+`recipe`) for `--steps` steps on the train streams, and is scored on the test streams, every
 frame from its past only: per-frame mAP and cAP over the action classes (background
 excluded), onset mAP (each instance's first 4 frames), train seconds, and the streaming
 latency of `OnlineDetector.step` (frames per second over 300 frames, `--threads` threads).
 
 Latency against the history length: OadTR (untrained, the same layers) stepped online at each
-of `--latency-windows`, softmax and linear attention. The linear encoder is not causal
-within the window (every step re-encodes its T frames, O(T) per step where softmax is
-O(T²)), so its per-frame cost still grows with T: a recurrent (causal, running-state) form
-of linear attention, whose step is O(1) in T, is not built.
+of `--latency-windows`, after a full window: windowed softmax and linear attention (every
+step re-encodes its T frames: O(T²) and O(T) per step) and the causal linear form (running
+sums: O(1) per step at any T).
 
 Targets (issue 19): OadTR >= LSTM + 5 mAP points and >= 0.8 mAP on the test streams;
 streaming >= 2,000 frames/s on one CPU core for OadTR at T = 64; causal linear OadTR at
@@ -85,11 +84,22 @@ def load_streams(args, params) -> dict[str, list[tuple[torch.Tensor, torch.Tenso
     return out
 
 
+CAUSAL_WINDOW, CAUSAL_BATCH = 1024, 4
+
+
 def recipe(params: dict, name: str, steps: int, device: str) -> TrainActionConfig:
-    section = params["train_action"]["oadtr" if name == "oadtr_linear" else name]
-    config = build(TrainActionConfig, section)
+    """params.yaml's `train_action.<name>`. oadtr_linear is oadtr's with linear attention;
+    oadtr_causal is oadtr's in the streaming form (causal linear attention) with a training
+    context of T = CAUSAL_WINDOW frames, CAUSAL_BATCH of them a step (4,096 frames, all in
+    the loss after a 16-frame burn-in)."""
+    base = "oadtr" if name in ("oadtr_linear", "oadtr_causal") else name
+    config = build(TrainActionConfig, params["train_action"][base])
     if name == "oadtr_linear":
         config = replace(config, oadtr=replace(config.oadtr, attention="linear"))
+    if name == "oadtr_causal":
+        causal = replace(config.oadtr, attention="linear", causal=True, window=CAUSAL_WINDOW)
+        train_config = replace(config.train, batch_size=CAUSAL_BATCH)
+        config = replace(config, oadtr=causal, burn_in=16, train=train_config)
     return replace(config, train=replace(config.train, steps=steps, device=device, progress=False,
                                          checkpoint_every=None))  # fmt: skip
 
@@ -130,7 +140,9 @@ def run_model(name: str, params: dict, data: dict, args) -> dict:
         "cmap": scores["cmap"],
         "onset_map": onset_map(p, y, instances, ACTIONS, ONSET_FRAMES),
         "train_seconds": seconds,
-        "frames_per_second": frames_per_second(detector.network, data["test"][0][0]),
+        "frames_per_second": frames_per_second(
+            detector.network, data["test"][0][0], warm=getattr(config.oadtr, "window", 64)
+        ),
         "parameters": sum(q.numel() for q in detector.network.parameters()),
     }
 
@@ -164,7 +176,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--autoencoder", type=Path, default=ROOT / "data/autoencoders/kl_shapes")
     parser.add_argument(
-        "--models", nargs="+", default=["rnn", "gru", "lstm", "oadtr", "oadtr_linear"]
+        "--models",
+        nargs="+",
+        default=["rnn", "gru", "lstm", "oadtr", "oadtr_linear", "oadtr_causal"],
     )
     parser.add_argument("--latency-windows", nargs="+", type=int, default=[64, 256, 1024])
     parser.add_argument("--json", type=Path)

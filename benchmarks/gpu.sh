@@ -42,4 +42,11 @@ step checkpointing_large python3 benchmarks/checkpointing.py --device cuda \
 step autoencoder python3 benchmarks/autoencoder.py --device cuda --steps 2000 --batch 64
 # needs transformers (the `test` extra) for the DetrForObjectDetection reference
 step detection python3 benchmarks/detection.py --device cuda --steps 4000 --threads 8
+# needs the pipeline's kl_shapes autoencoder (`dvc repro autoencoder@kl_shapes`; carry
+# data/autoencoders/kl_shapes to the device); streaming latency stays a 1-thread CPU figure
+if [ -f data/autoencoders/kl_shapes/config.json ]; then
+  step action python3 benchmarks/action.py --device cuda --threads 1 --steps 4000
+else
+  echo "== action: skipped, no data/autoencoders/kl_shapes (carry it)"
+fi
 exit "$status"

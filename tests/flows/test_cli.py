@@ -266,3 +266,18 @@ def test_every_option_and_subcommand_has_help():
         commands
     )
     assert len(seen) > 60  # the walk reached the subcommands' options too
+
+
+def test_concurrent_stages_share_the_cores_unless_threads_are_set():
+    env: dict[str, str] = {}
+    cli.share_cores(2, env, cores=2)
+    assert env == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {}
+    cli.share_cores(3, env, cores=8)
+    assert env["OMP_NUM_THREADS"] == "2"
+    one: dict[str, str] = {}
+    cli.share_cores(1, one, cores=2)  # one stage at a time: torch's own default
+    assert one == {}
+    chosen = {"OMP_NUM_THREADS": "4"}
+    cli.share_cores(2, chosen, cores=2)
+    assert chosen == {"OMP_NUM_THREADS": "4"}
