@@ -18,6 +18,12 @@ class ParamsError(ValueError):
     """params.yaml is unreadable, malformed, or lacks a key."""
 
 
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load`, through libyaml's C parser where PyYAML has it: ~10x faster, and
+    every stage process reads params.yaml and dvc.lock (~180 KB for the default pipeline)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+
+
 def load(root: Path) -> dict[str, Any]:
     """Parse `root/params.yaml`; YAML errors name the file, line and column."""
     return load_file(Path(root) / PARAMS_FILE)
@@ -37,7 +43,7 @@ def load_file(path: Path, role: str | None = None) -> dict[str, Any]:
     except OSError as err:  # a directory, no permission
         raise ParamsError(f"{path}: cannot read {role or 'file'}: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

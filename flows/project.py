@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from flows.params import parse_yaml
+
 if TYPE_CHECKING:
     from dvc.repo import Repo
     from dvc.stage import Stage as DvcStage
@@ -274,10 +276,9 @@ def changed(stage: DvcStage) -> bool:
 
 def locked_stages(root: Path) -> list[str]:
     """Stage names in dvc.lock, in file order."""
-    import yaml
 
     try:
-        data = yaml.safe_load((Path(root) / "dvc.lock").read_text()) or {}
+        data = parse_yaml((Path(root) / "dvc.lock").read_text()) or {}
     except FileNotFoundError:
         return []
     return list(data.get("stages") or {})
@@ -294,7 +295,7 @@ def upstream_params(root: Path, deps: list[str]) -> dict[str, dict[str, Any]]:
     import yaml
 
     try:
-        locked = (yaml.safe_load((Path(root) / "dvc.lock").read_text()) or {}).get("stages")
+        locked = (parse_yaml((Path(root) / "dvc.lock").read_text()) or {}).get("stages")
     except (OSError, yaml.YAMLError):  # none yet, or being rewritten by a sibling: no lineage
         return {}
     locked = locked or {}
@@ -341,7 +342,14 @@ def commit(root: Path, name: str, order: list[str] | None = None) -> None:
             rank: dict[str, int] = {}
             for n in order:
                 rank.setdefault(n, len(rank))
-            with modify_yaml(os.path.join(repo.root_dir, "dvc.lock")) as data:
+            lock = os.path.join(repo.root_dir, "dvc.lock")
+            # A round-trip rewrite of dvc.lock costs ~1 s; read it fast first: one stage at
+            # a time in plan order, DVC's append already is the right order.
+            with open(lock, encoding="utf-8") as f:
+                names = list((parse_yaml(f.read()) or {}).get("stages") or {})
+            if names == sorted(names, key=lambda n: rank.get(n, len(rank))):
+                return
+            with modify_yaml(lock) as data:
                 entries = data["stages"]
                 ordered = sorted(entries, key=lambda n: rank.get(n, len(rank)))
                 if ordered != list(entries):

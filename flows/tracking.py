@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from flows import git, project
+from flows.params import parse_yaml
 
 if TYPE_CHECKING:
     from mlflow.entities import Experiment
@@ -267,7 +268,7 @@ def log_params_file(client: Any, run_id: str, root: Path) -> None:
     if not path.is_file():
         return
     text = path.read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    data = parse_yaml(text) or {}
     flat = flatten(data, PARAMS_PREFIX)
     entries = [Param(k, v[:_MLFLOW_PARAM_CHARS]) for k, v in flat.items()]
     for i in range(0, len(entries), _MLFLOW_PARAMS_PER_BATCH):
