@@ -13,7 +13,8 @@ engine with its params.yaml `train_action.<name>` recipe (oadtr_linear, oadtr_ca
 `recipe`) for `--steps` steps on the train streams, and is scored on the test streams, every
 frame from its past only: per-frame mAP and cAP over the action classes (background
 excluded), onset mAP (each instance's first 4 frames), train seconds, and the streaming
-latency of `OnlineDetector.step` (frames per second over 300 frames, `--threads` threads).
+latency of `OnlineDetector.step` (frames per second over 300 frames, on one thread; training
+on `--threads`).
 
 Latency against the history length: OadTR (untrained, the same layers) stepped online at each
 of `--latency-windows`, after a full window: windowed softmax and linear attention (every
