@@ -52,14 +52,9 @@ def save(
     """Write `config.json` = {"format": "loom-<kind>", "version": version, **fields} (UTF-8,
     keys in the order given, `indent` as `json.dumps`'s) and, given `tensors`, contiguous CPU
     tensors to `model.safetensors`. Returns `directory`, created if need be."""
-    clash = [key for key in HEADER if key in fields]
-    if clash:
-        raise ValueError(f"fields {clash} are the artifact header's own")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    document = {"format": format_name(kind), "version": version, **fields}
-    text = json.dumps(document, ensure_ascii=False, indent=indent) + "\n"
-    (directory / CONFIG_FILE).write_text(text, encoding="utf-8")
+    write_manifest(directory / CONFIG_FILE, format_name(kind), version, fields, indent)
     if tensors is not None:
         from safetensors.torch import save_file
 
@@ -72,17 +67,35 @@ def read_config(directory: str | Path, kind: str, version: int) -> dict[str, Any
     """The fields of `directory/config.json` other than the header, once the file is known to
     be a JSON object of format "loom-<kind>", version `version`. Raises `StageInputError`
     naming the file: missing, unreadable, not an object, or another format or version."""
-    path = Path(directory) / CONFIG_FILE
+    return read_manifest(Path(directory) / CONFIG_FILE, format_name(kind), version)
+
+
+def write_manifest(
+    path: Path, format: str, version: int, fields: Mapping[str, Any], indent: int | None = 2
+) -> None:
+    """A JSON manifest: {"format": format, "version": version, **fields}, UTF-8, keys in the
+    order given. Artifacts' config.json and the data stores' meta.json are written so."""
+    clash = [key for key in HEADER if key in fields]
+    if clash:
+        raise ValueError(f"fields {clash} are the manifest header's own")
+    document = {"format": format, "version": version, **fields}
+    text = json.dumps(document, ensure_ascii=False, indent=indent) + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def read_manifest(path: Path, format: str, version: int) -> dict[str, Any]:
+    """The fields of the JSON manifest at `path` other than the header, once it is known to be
+    an object of `format`, `version`. Raises `StageInputError` naming the file: missing,
+    unreadable, not an object, or another format or version."""
     document = read_json(path)
     if not isinstance(document, dict):
         raise StageInputError(f"{path}: expected a JSON object, found {json_type(document)}")
     found = tuple(document.get(key) for key in HEADER)
-    expected = (format_name(kind), version)
-    if found != expected or isinstance(found[1], bool):  # JSON true == 1 in Python
+    if found != (format, version) or isinstance(found[1], bool):  # JSON true == 1 in Python
         raise StageInputError(
             f"{path}: format {found[0]!r} version {found[1]!r}, expected format "
-            f"{expected[0]!r} version {expected[1]}: written by another version of Loom; "
-            "re-train or re-save it with this one"
+            f"{format!r} version {version}: written by another version of Loom; "
+            "re-make it with this one"
         )
     return {key: value for key, value in document.items() if key not in HEADER}
 

@@ -193,6 +193,7 @@ class CausalOadTR(nn.Module):
         if self.blocks:
             decoded = self.queries.expand(feature.shape[0], -1, -1)
             for i, block in enumerate(self.blocks):
+                assert isinstance(block, CausalDecoderBlock)
                 before = None if state is None else state.decoder[i]
                 decoded, after = block.step(decoded, memory, before)
                 decoder_states.append(after)

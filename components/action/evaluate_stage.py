@@ -12,8 +12,10 @@ its past only (the batched form equals the streaming one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,31 @@ def _run(config: EvaluateActionConfig, io: StageIO) -> StageResult:
     entries = meta["streams"].get(config.split, [])
     if not entries:
         raise StageInputError(f"{source / 'meta.json'}: no {config.split} streams")
-    torch.set_num_threads(config.threads)
+    with torch_threads(config.threads):
+        return _evaluate(config, io, detector, entries, meta, classes)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's CPU threads set to `count` inside, restored after (a stage may run in-process,
+    as the tests run it: the setting must not leak)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate(
+    config: EvaluateActionConfig,
+    io: StageIO,
+    detector: ActionDetector,
+    entries: list[dict],
+    meta: dict,
+    classes: list[str],
+) -> StageResult:
+    source = io.inputs["features"]
     probs, labels, instances, offset = [], [], [], 0
     for entry in entries:
         stored = read_features(source, meta, entry)

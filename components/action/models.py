@@ -138,6 +138,6 @@ DETECTORS = (RecurrentDetector, OadTR, CausalOadTR)
 
 def feature_scale(model: nn.Module) -> FeatureScale:
     """The detector's first layer: its features' standardisation (fit on the train frames)."""
-    scale = model.embed[0]
-    assert isinstance(scale, FeatureScale)
-    return scale
+    embed = model.embed
+    assert isinstance(embed, nn.Sequential) and isinstance(embed[0], FeatureScale)
+    return embed[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +77,10 @@ class ActionDetector:
             input_dim = int(fields["input_dim"])
             kind = fields["model"]
             section = RecurrentConfig if kind == "recurrent" else OadTRConfig
-            config = build(section, fields["network"], f"{where}: network")
+            config = cast(
+                RecurrentConfig | OadTRConfig,
+                build(section, fields["network"], f"{where}: network"),
+            )
             model = build_network(kind, config, input_dim, len(classes))
         except (KeyError, TypeError, ValueError) as err:
             raise StageInputError(f"{where}: not a valid action detector config: {err}") from None

@@ -18,6 +18,9 @@ MIN_STD = 1e-6  # a constant dimension is centred, not blown up
 
 
 class FeatureScale(nn.Module):
+    mean: Tensor  # [D] buffers
+    std: Tensor
+
     def __init__(self, dim: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))

@@ -16,7 +16,6 @@ classes, there is one per frame, the frames are the meta's size, the features it
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from components.inputs import read_json
+from components import artifact
 from components.stage import StageInputError
 
 FORMAT, VERSION = "loom-streams", 1
@@ -58,19 +57,12 @@ def write_stream(directory: Path, split: str, index: int, frames, labels) -> str
 
 
 def write_meta(directory: Path, fields: dict[str, Any], kind: str = FORMAT) -> None:
-    document = {"format": kind, "version": VERSION, **fields}
-    (directory / META_FILE).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    artifact.write_manifest(Path(directory) / META_FILE, kind, VERSION, fields, indent=1)
 
 
 def read_meta(directory: Path, kind: str = FORMAT) -> dict[str, Any]:
-    path = Path(directory) / META_FILE
-    meta = read_json(path)
-    if not isinstance(meta, dict) or meta.get("format") != kind:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise StageInputError(f"{path}: not a {kind} meta file (format {found!r})")
-    if meta.get("version") != VERSION:
-        raise StageInputError(f"{path}: {kind} version {meta.get('version')}, expected {VERSION}")
-    return meta
+    """meta.json's fields (the header checked: `kind`, VERSION; StageInputError otherwise)."""
+    return artifact.read_manifest(Path(directory) / META_FILE, kind, VERSION)
 
 
 def _load(path: Path, names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,7 +98,8 @@ class OnlineDetector:
 
     def reset(self) -> None:
         """Forget the stream: the next step is a first frame."""
-        self.state: State | CausalState = None
+        self.state: State = None  # a recurrent model's
+        self.sums: CausalState | None = None  # causal OadTR's
         self.seen = 0
         if isinstance(self.model, OadTR):
             window, dim = self.model.config.window, self.model.config.dim
@@ -117,14 +118,14 @@ class OnlineDetector:
             return logits[0, -1].softmax(-1)
         if isinstance(model, CausalOadTR):
             x = feature.view(1, -1)
-            if self.state is None or not self.traced:
-                current, _, self.state = model.step(x, self.state)
+            if self.sums is None or not self.traced:
+                current, _, self.sums = model.step(x, self.sums)
             else:
-                flat = flatten(self.state)  # type: ignore[arg-type]
+                flat = flatten(self.sums)
                 if self._graph is None:
                     self._graph = _trace(_CausalStep(model), x, flat)
                 current, flat = self._graph(x, flat)
-                self.state = unflatten(flat, len(model.encoder.blocks))
+                self.sums = unflatten(flat, len(model.encoder.blocks))
             self.seen += 1
             return current[0].softmax(-1)
         window = model.config.window

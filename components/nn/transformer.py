@@ -264,6 +264,7 @@ class TransformerEncoder(_Stack):
             )
         new_states = []
         for i, block in enumerate(self.blocks):
+            assert isinstance(block, EncoderBlock)
             x, state = block.step(x, None if states is None else states[i])
             new_states.append(state)
         return self.norm(x), new_states

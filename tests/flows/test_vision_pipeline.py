@@ -1,7 +1,8 @@
 """The vision pipeline through the real spine: `dvc repro` of images -> autoencoder@{kl_digits,
 kl_shapes,vq_digits} -> encode_latents at tiny sizes, each stage an MLflow run with live
 curves and images, the autoencoders registered and served; a bad input fails its stage with
-the file and key named and the last good outputs kept."""
+the file and key named and the last good outputs kept. The action pipeline rides along: its
+features come from autoencoder@kl_shapes' encoder."""
 
 from __future__ import annotations
 
@@ -62,12 +63,22 @@ TINY_VISION = {
         }
         for name in ("digits", "shapes")
     },  # fmt: skip
+    "action_streams": {"frames": 300, "train_streams": 2, "val_streams": 1, "test_streams": 1,
+                       "max_length": 30},
+    "train_action": {
+        name: {"chunk": 16, "burn_in": 4, "oadtr": {"window": 8},
+               "train": {"steps": 4, "batch_size": 8, "val_every": 4, "log_every": 1,
+                         "checkpoint_every": 4, "warmup_steps": 0}}
+        for name in ("rnn", "gru", "lstm", "oadtr")
+    },
+    "evaluate_action": {"timeline": 100, "latency_frames": 20},
     "runtime": {
         "autoencoder": {"train": {"progress": False}},
         "train_diffusion": {"train": {"progress": False}},
         "feature_net": {"train": {"progress": False}},
+        "train_action": {"train": {"progress": False}},
     },
-}
+}  # fmt: skip
 STAGES = [
     "images@digits", "images@shapes",
     "autoencoder@kl_digits", "autoencoder@kl_shapes", "autoencoder@vq_digits",
@@ -75,12 +86,18 @@ STAGES = [
     "train_diffusion@digits", "train_diffusion@shapes", "sample@digits", "sample@shapes",
     "feature_net@digits", "feature_net@shapes",
 ]  # fmt: skip
+DETECTORS = ("rnn", "gru", "lstm", "oadtr")
+ACTION_STAGES = [
+    "action_streams",
+    "extract_features",
+    *(f"{kind}@{m}" for kind in ("train_action", "evaluate_action") for m in DETECTORS),
+]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     # the text pipeline too: the diffusion models read its tokenizer and word2vec vectors
-    return reproduced_pipeline(tmp_path_factory, "vision", TINY_VISION, also=("text",))
+    return reproduced_pipeline(tmp_path_factory, "vision", TINY_VISION, also=("text", "action"))
 
 
 def test_every_vision_stage_ran_as_a_tracked_run(built):
@@ -99,6 +116,26 @@ def test_every_vision_stage_ran_as_a_tracked_run(built):
     assert read_latents(root / "data/latents/vq_digits", "val").latents.shape[1:] == (4, 8, 8)
     features = yaml.safe_load((root / "metrics/feature_net_shapes.json").read_text())
     assert {"accuracy", "accuracy/shape", "accuracy/count"} <= set(features["feature_net"])
+
+
+def test_the_action_stages_ran_on_the_vision_encoder_and_compare(built):
+    """action_streams -> extract_features (kl_shapes' encoder) -> train_action@… ->
+    evaluate_action@…, each a tracked run with its mAP; `loom compare` lines up the four."""
+    root, runs = built
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert set(ACTION_STAGES) <= set(lock) and set(ACTION_STAGES) <= set(runs)
+    deps = {d["path"] for d in lock["extract_features"]["deps"]}
+    assert "data/autoencoders/kl_shapes" in deps
+    features = yaml.safe_load((root / "metrics/extract_features.json").read_text())
+    assert features["extract_features"] == {"dim": 320.0, "frames": 1200.0}  # 4x4x4 x (1 + 4)
+    for m in DETECTORS:
+        scored = runs[f"evaluate_action@{m}"].data.metrics
+        assert 0 <= scored["map"] <= 1 and 0 <= scored["cmap"] <= 1 and scored["frames"] == 300
+        assert (root / f"reports/action/{m}/timeline.png").is_file()
+    ids = [runs[f"evaluate_action@{m}"].info.run_id for m in DETECTORS]
+    res = loom(root, "compare", *ids)
+    assert res.returncode == 0, res.stderr
+    assert "onset_map" in res.stdout and "cmap" in res.stdout
 
 
 def test_curves_and_grids_reach_mlflow_at_every_validation(built):

@@ -27,7 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from components.inputs import open_parquet, parquet_batches, read_json
+from components import artifact
+from components.inputs import open_parquet, parquet_batches
 from components.stage import StageInputError
 from components.vision.data.store import ImageTable
 
@@ -80,19 +81,12 @@ def write_latents(directory: Path, split: str, latents: torch.Tensor, table: Ima
 
 
 def write_meta(directory: Path, fields: dict[str, Any]) -> None:
-    document = {"format": FORMAT, "version": VERSION, **fields}
-    (directory / META_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    artifact.write_manifest(Path(directory) / META_FILE, FORMAT, VERSION, fields)
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
-    path = directory / META_FILE
-    meta = read_json(path)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise StageInputError(f"{path}: not a {FORMAT} meta file (format {found!r})")
-    if meta.get("version") != VERSION:
-        raise StageInputError(f"{path}: {FORMAT} version {meta.get('version')}, expected {VERSION}")
-    return meta
+    """meta.json's fields (the header checked; StageInputError naming the file otherwise)."""
+    return artifact.read_manifest(Path(directory) / META_FILE, FORMAT, VERSION)
 
 
 def read_latents(directory: Path, split: str) -> LatentSplit:

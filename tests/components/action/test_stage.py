@@ -100,8 +100,14 @@ def test_evaluation_scores_the_test_streams_and_draws_a_timeline(features, tmp_p
 
     TRAIN.run(_config("recurrent"), StageIO({"features": features}, {"model": tmp_path / "m"}))
     io = StageIO({"features": features, "model": tmp_path / "m"}, {"report": tmp_path / "r"})
-    config = build(EVALUATE.config, {"timeline": 100, "latency_frames": 20})
-    m = EVALUATE.run(config, io).metrics
+    config = build(EVALUATE.config, {"timeline": 100, "latency_frames": 20, "threads": 1})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = EVALUATE.run(config, io).metrics
+        assert torch.get_num_threads() == 2  # the stage's one thread did not leak out
+    finally:
+        torch.set_num_threads(threads)
     meta = read_meta(features, FEATURES_FORMAT)
     stored = read_features(features, meta, meta["streams"]["test"][0])
     probs = ActionDetector.load(tmp_path / "m").probabilities(stored.features).numpy()

@@ -58,5 +58,6 @@ def test_bad_stream_files_are_refused_naming_them(tmp_path):
     with pytest.raises(StageInputError, match="needs tensors 'frames' and 'labels'"):
         read_stream(tmp_path, meta, entry)
     (tmp_path / "meta.json").write_text(json.dumps({"format": "loom-latents"}))
-    with pytest.raises(StageInputError, match="not a loom-streams meta file"):
+    wanted = "format 'loom-latents' version None, expected format 'loom-streams' version 1"
+    with pytest.raises(StageInputError, match=wanted):
         read_meta(tmp_path)
