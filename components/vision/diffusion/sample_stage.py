@@ -21,8 +21,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
 from components.device import select_device
 from components.stage import Dataset, Output, Stage, StageInputError, StageIO, StageResult
 from components.vision.diffusion.config import SampleConfig
@@ -70,16 +68,12 @@ def _run(config: SampleConfig, io: StageIO) -> StageResult:
     files: dict[str, dict[str, str]] = {str(p): {} for p in prompts}
     artifacts = []
     started = time.perf_counter()
-    per_call = max(1, config.batch_size // config.per_prompt)  # prompts per sampling loop
     for scale in config.guidance:
-        parts = [
-            model.generate(
-                prompts[i : i + per_call], config.per_prompt, guidance=scale,
-                sampler=config.sampler, seed=config.seed,
-            )
-            for i in range(0, len(prompts), per_call)
-        ]  # fmt: skip
-        pictures = torch.cat(parts).permute(0, 2, 3, 1).numpy()  # [P · per_prompt, H, W, C]
+        drawn = model.generate_batched(
+            prompts, config.per_prompt, config.batch_size, guidance=scale,
+            sampler=config.sampler, seed=config.seed,
+        )  # fmt: skip
+        pictures = drawn.permute(0, 2, 3, 1).numpy()  # [P · per_prompt, H, W, C]
         (out / guidance_name(scale)).write_bytes(
             png_bytes(image_grid(pictures, columns=config.per_prompt))
         )

@@ -162,6 +162,30 @@ class DiffusionModel:
         latents = self.sample_latents(prompts, per_prompt, **kwargs)
         return to_uint8(self.autoencoder.decode(latents)).cpu()
 
+    def generate_batched(
+        self,
+        prompts: Sequence[str | int],
+        per_prompt: int = 1,
+        batch_size: int = 64,
+        noise: Tensor | None = None,
+        progress: str | None = None,
+        **kwargs,
+    ) -> Tensor:
+        """`generate` in calls of at most `batch_size` images (at least one prompt each), the
+        same images as one call (each prompt's noise does not depend on its batch); `noise`
+        [len(prompts) · per_prompt, c, h, w] is cut alike. `progress`: a tqdm bar of that
+        name over the calls."""
+        from tqdm.auto import tqdm
+
+        step = max(1, batch_size // per_prompt)
+        starts = range(0, len(prompts), step)
+        parts = []
+        for i in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+            rows = slice(i * per_prompt, (i + step) * per_prompt)
+            own = {} if noise is None else {"noise": noise[rows]}
+            parts.append(self.generate(prompts[i : i + step], per_prompt, **kwargs, **own))
+        return torch.cat(parts)
+
     def _noise(self, prompts: int, per_prompt: int, seed: int) -> Tensor:
         """[prompts · per_prompt, c, h, w]: column j from a CPU generator seeded (seed, j), so
         the same seed gives the same images on every device and batch size."""

@@ -76,19 +76,11 @@ class _Sampler:
     def __call__(self, prompts: list[str], guidance: float, seed: int) -> np.ndarray:
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((len(prompts), *self.model.latent_shape), generator=generator)
-        parts, step = [], self.config.batch_size
-        for start in range(0, len(prompts), step):
-            parts.append(
-                self.model.generate(
-                    prompts[start : start + step],
-                    1,
-                    guidance=guidance,
-                    sampler=self.config.sampler,
-                    seed=seed,
-                    noise=noise[start : start + step],
-                )  # fmt: skip
-            )
-        return torch.cat(parts).permute(0, 2, 3, 1).numpy()
+        drawn = self.model.generate_batched(
+            prompts, 1, self.config.batch_size, noise=noise, progress=f"samples g{guidance:g}",
+            guidance=guidance, sampler=self.config.sampler, seed=seed,
+        )  # fmt: skip
+        return drawn.permute(0, 2, 3, 1).numpy()
 
 
 def _detector(io: StageIO, model: DiffusionModel, classes: tuple[str, ...]) -> Detector | None:

@@ -1,11 +1,13 @@
 import json
 
 import pytest
+import torch
 
 from components.config import build
 from components.stage import StageInputError, StageIO
 from components.vision.diffusion.sample_stage import STAGE as SAMPLE
 from components.vision.diffusion.sample_stage import slug
+from components.vision.diffusion.samplers import SamplerConfig
 from components.vision.grid import decode_png
 from tests.components.vision.diffusion.tiny import tiny_model
 
@@ -66,3 +68,18 @@ def test_label_models_take_labels(tmp_path):
 def test_slug():
     assert slug("A large RED circle, left of...") == "a-large-red-circle-left-of"
     assert slug("!!!") == "prompt" and slug(7) == "7"
+
+
+def test_batched_generation_equals_one_call_and_cuts_the_noise_alike():
+    model = tiny_model()
+    sampler = SamplerConfig(kind="ddim", steps=2)
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    whole = model.generate(prompts, 2, guidance=2.0, sampler=sampler, seed=3)
+    batched = model.generate_batched(prompts, 2, batch_size=2, guidance=2.0, sampler=sampler,
+                                     seed=3)  # fmt: skip
+    assert torch.equal(batched, whole)
+    noise = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    own = model.generate(prompts, 1, guidance=2.0, sampler=sampler, seed=3, noise=noise)
+    cut = model.generate_batched(prompts, 1, batch_size=2, noise=noise, guidance=2.0,
+                                 sampler=sampler, seed=3)  # fmt: skip
+    assert torch.equal(cut, own)
