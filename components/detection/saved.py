@@ -40,21 +40,37 @@ class Detector:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    def detect_fitted(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect_fitted(
+        self, images: Sequence[np.ndarray], scale: float | None = None, canvas: bool = False
+    ) -> list[Detections]:
         """As `detect`, each image first scaled (bilinear) so that its longer side is the
-        training `image_size` (a detector sees objects at the scale it learned them); boxes
-        come back in the pixels of the image as given."""
-        scaled, factors = [], []
+        training `image_size` (a detector sees objects at the scale it learned them), or by
+        `scale`. `canvas`: the scaled image is then set in the middle of a square canvas of
+        the training size (or its own, if larger), filled with the median colour of the
+        image's border (its background), so the canvas has the extent the detector learnt
+        too. Boxes come back in the pixels of the image as given."""
+        placed, moves = [], []
         for image in images:
             image = np.asarray(image)
             h, w = image.shape[:2]
-            factor = self.image_size / max(h, w)
+            factor = self.image_size / max(h, w) if scale is None else scale
             size = (max(1, round(w * factor)), max(1, round(h * factor)))
-            scaled.append(np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR)))
-            factors.append(torch.tensor([w / size[0], h / size[1]] * 2))
+            scaled = np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+            left = top = 0
+            if canvas:
+                side = max(self.image_size, *size)
+                left, top = (side - size[0]) // 2, (side - size[1]) // 2
+                border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+                board = np.empty((side, side, 3), np.uint8)
+                board[:] = np.median(border, axis=0).astype(np.uint8)
+                board[top : top + size[1], left : left + size[0]] = scaled
+                scaled = board
+            placed.append(scaled)
+            offset = torch.tensor([left, top] * 2, dtype=torch.float32)
+            moves.append((offset, torch.tensor([w / size[0], h / size[1]] * 2)))
         return [
-            Detections(d.scores, d.labels, d.boxes * f)
-            for d, f in zip(self.detect(scaled), factors, strict=True)
+            Detections(d.scores, d.labels, (d.boxes - offset) * factor)
+            for d, (offset, factor) in zip(self.detect(placed), moves, strict=True)
         ]
 
     @torch.no_grad()

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from components.detection.boxes import box_iou
 from components.vision.data.shapes import (
@@ -137,29 +136,16 @@ def detect(detector, images: np.ndarray, scale: float, threshold: float) -> list
     is enlarged by `scale` (bilinear) and set in the middle of a canvas of the detector's
     training size, filled with the image's median border colour (its background), so that
     its objects have the sizes, and the canvas the extent, the detector learnt; the boxes
-    are brought back to the image's pixels."""
+    are brought back to the image's pixels (`Detector.detect_fitted` with `canvas`)."""
     if images.shape[-1] == 1:  # grey: the detector reads RGB
         images = np.repeat(images, 3, axis=-1)
-    n, h, w = images.shape[:3]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    side = max(detector.image_size, *size)
-    left, top = (side - size[0]) // 2, (side - size[1]) // 2
-    canvases = []
-    for image in images:
-        border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-        canvas = np.empty((side, side, 3), np.uint8)
-        canvas[:] = np.median(border, axis=0).astype(np.uint8)
-        enlarged = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR)
-        canvas[top : top + size[1], left : left + size[0]] = np.asarray(enlarged)
-        canvases.append(canvas)
-    offset = torch.tensor([left, top] * 2, dtype=torch.float32)
-    factor = torch.tensor([w / size[0], h / size[1]] * 2)
     out = []
-    for image, found in zip(images, detector.detect(canvases), strict=True):
+    placed = detector.detect_fitted(list(images), scale=scale, canvas=True)
+    for image, found in zip(images, placed, strict=True):
         above = found.scores >= threshold
         boxes_above, labels_above = found.boxes[above], found.labels[above]
         keep = distinct(boxes_above)
-        boxes = ((boxes_above[keep] - offset) * factor).tolist()
+        boxes = boxes_above[keep].tolist()
         labels = labels_above[keep].tolist()
         out.append([
             Found(detector.classes[label], box_colour(image, box), tuple(box))
