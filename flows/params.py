@@ -20,8 +20,17 @@ class ParamsError(ValueError):
 
 def parse_yaml(text: str) -> Any:
     """`yaml.safe_load`, through libyaml's C parser where PyYAML has it: ~10x faster, and
-    every stage process reads params.yaml and dvc.lock (~180 KB for the default pipeline)."""
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+    every stage process reads params.yaml and dvc.lock (~180 KB for the default pipeline).
+    Malformed text is parsed again by the Python parser, whose error says what it expected
+    and what it found ("expected ',' or ']', but got ':'"; libyaml: "did not find expected
+    ',' or ']'")."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            return yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
+        except yaml.YAMLError:
+            pass
+    return yaml.safe_load(text)
 
 
 def load(root: Path) -> dict[str, Any]:
