@@ -4,7 +4,8 @@
     probs = detector.probabilities(features)       # [N, D] -> [N, K], frame t from frames <= t
     online = detector.online(); online.step(f)     # one frame at a time
 
-On disk (`components.artifact`, format "loom-action-detector" version 1): config.json
+On disk (`components.artifact`, format "loom-action-detector" version 2: the networks' first
+layer is the features' standardisation; a version 1 detector is refused by name): config.json
 {"model": "recurrent" | "oadtr", "network": its config, "input_dim", "classes"} and
 model.safetensors.
 """
@@ -26,7 +27,7 @@ from components.action.streaming import OnlineDetector, offline
 from components.config import build, identity
 from components.stage import StageInputError
 
-KIND, VERSION = "action-detector", 1
+KIND, VERSION = "action-detector", 2
 
 
 class ActionDetector:

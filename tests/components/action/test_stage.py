@@ -119,3 +119,12 @@ def test_evaluation_scores_the_test_streams_and_draws_a_timeline(features, tmp_p
     assert (tmp_path / "r" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((tmp_path / "r" / "timeline.json").read_text())) == 100
     assert "ap/background" not in m
+
+
+def test_a_detector_saved_before_the_feature_scale_is_refused_by_version(features, tmp_path):
+    out = tmp_path / "model"
+    TRAIN.run(_config("recurrent", steps=2), StageIO({"features": features}, {"model": out}))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "version": 1}))
+    with pytest.raises(StageInputError, match="version 1, expected format 'loom-action-detector'"):
+        ActionDetector.load(out)
