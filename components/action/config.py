@@ -81,6 +81,7 @@ class ActionFeaturesConfig:
     motion: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     batch_size: int = runtime_field(256)
     device: Device = runtime_field("auto")
+    progress: bool = runtime_field(True)  # a bar over the streams
 
     def __post_init__(self) -> None:
         require(_int_at_least(self.pool, 1), "pool", self.pool, "an int >= 1")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from tqdm.auto import tqdm
+
 from components.action.config import ActionFeaturesConfig
 from components.action.features import feature_dim, frame_features
 from components.action.store import (
@@ -42,9 +44,12 @@ def _run(config: ActionFeaturesConfig, io: StageIO) -> StageResult:
     entries: dict[str, list[dict]] = {}
     frames = 0
     started = time.perf_counter()
+    total = sum(len(streams) for streams in meta["streams"].values())
+    bar = tqdm(total=total, desc="extract_features", unit="stream", disable=not config.progress)
     for split, streams in meta["streams"].items():
         entries[split] = []
         for index, entry in enumerate(streams):
+            bar.update()
             stream = read_stream(source, meta, entry)
             features = frame_features(
                 autoencoder, stream.frames, config.pool, config.motion, config.batch_size
@@ -52,6 +57,7 @@ def _run(config: ActionFeaturesConfig, io: StageIO) -> StageResult:
             file = write_features(out, split, index, features, stream.labels)
             entries[split].append({**entry, "file": file})
             frames += len(stream.labels)
+    bar.close()
     seconds = time.perf_counter() - started
     fields = {"classes": meta["classes"], "background": meta["background"], "dim": dim,
               "pool": config.pool, "motion": config.motion, "streams": entries}  # fmt: skip
